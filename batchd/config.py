@@ -1,0 +1,203 @@
+"""The daemon's configuration: TOML decoded and validated by msgspec.
+
+Every key of SPEC section 2 is a field here, with its default, so this module
+is the single source of truth for the configuration reference (the README's
+table is checked against it by a test). A bad key or value raises
+``ConfigError`` whose message names the file and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from batchd.paths import ConfigError, Paths, load_paths
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Argv = list[str]
+
+DEFAULT_RUNNER = ["claude", "-p", "/auto-implement {feature}", "--output-format", "json"]
+
+
+class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class RunnerConfig(Base):
+    command: Annotated[Argv, msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_RUNNER)
+    )
+    cwd: str = ""
+    timeout: Seconds = 7200
+    kill_grace: Seconds = 10
+    max_log_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
+    output_format: Literal["auto", "text", "claude-json"] = "auto"
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class SpoolConfig(Base):
+    max_file_bytes: PosInt = 1024 * 1024
+    max_features: PosInt = 1000
+    max_line_chars: PosInt = 2000
+    settle_ms: NonNegInt = 200
+
+
+class RetryConfig(Base):
+    max_per_feature: NonNegInt = 3
+    max_global: NonNegInt = 50
+    backoff_initial: Seconds = 10
+    backoff_multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2
+    backoff_max: Seconds = 600
+    jitter: Literal["full", "none"] = "full"
+    max_hint_wait: Seconds = 18000
+
+
+class BreakerConfig(Base):
+    threshold: PosInt = 5
+    on_open: Literal["continue", "pause"] = "continue"
+    cooldown: Seconds = 0
+
+
+class ClassifyConfig(Base):
+    transient_patterns: list[str] = msgspec.field(default_factory=list)
+    permanent_patterns: list[str] = msgspec.field(default_factory=list)
+    transient_exit_codes: list[int] = msgspec.field(default_factory=lambda: [75])
+
+
+class LimitsConfig(Base):
+    max_cost_usd: Seconds = 0
+
+
+class HooksConfig(Base):
+    on_batch_done: Argv = msgspec.field(default_factory=list)
+    on_breaker_open: Argv = msgspec.field(default_factory=list)
+    before_feature: Argv = msgspec.field(default_factory=list)
+    after_feature: Argv = msgspec.field(default_factory=list)
+    timeout: Seconds = 60
+
+
+class FileConfig(Base):
+    """The config file as written by the user (paths still unresolved)."""
+
+    spool_dir: str | None = None
+    state_dir: str | None = None
+    socket: str | None = None
+    runner: RunnerConfig = msgspec.field(default_factory=RunnerConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything the daemon runs with: the file's settings and the resolved paths."""
+
+    paths: Paths
+    file: FileConfig
+
+    @property
+    def runner(self) -> RunnerConfig:
+        return self.file.runner
+
+    @property
+    def spool(self) -> SpoolConfig:
+        return self.file.spool
+
+    @property
+    def retry(self) -> RetryConfig:
+        return self.file.retry
+
+    @property
+    def breaker(self) -> BreakerConfig:
+        return self.file.breaker
+
+    @property
+    def classify(self) -> ClassifyConfig:
+        return self.file.classify
+
+    @property
+    def limits(self) -> LimitsConfig:
+        return self.file.limits
+
+    @property
+    def hooks(self) -> HooksConfig:
+        return self.file.hooks
+
+
+_PATH_RE = re.compile(r"`\$\.?([^`]*)`")
+
+
+def _describe(e: msgspec.ValidationError) -> str:
+    """Turn msgspec's ``Expected `int` >= 0 - at `$.retry.max_global``` into ``retry.max_global: ...``."""
+    text = str(e)
+    head, sep, tail = text.rpartition(" - at ")
+    if not sep:
+        return text
+    m = _PATH_RE.match(tail)
+    key = m.group(1) if m else tail
+    if "Object contains unknown field" in head:
+        field = re.search(r"`([^`]*)`", head)
+        name = field.group(1) if field else "?"
+        key = f"{key}.{name}" if key else name
+        return f"{key}: unknown key (see the configuration reference in the README)"
+    return f"{key}: {head.replace('`', '')}" if key else head.replace("`", "")
+
+
+def decode_file_config(raw: Mapping[str, Any], source: Path | str) -> FileConfig:
+    try:
+        cfg = msgspec.convert(dict(raw), FileConfig)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from None
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: FileConfig, source: Path | str) -> None:
+    for key in ("transient_patterns", "permanent_patterns"):
+        for i, pattern in enumerate(getattr(cfg.classify, key)):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"{source}: classify.{key}[{i}]: invalid regular expression: {e}"
+                ) from None
+    if cfg.runner.cwd and not cfg.runner.cwd.startswith(("/", "~")):
+        raise ConfigError(f"{source}: runner.cwd: Expected an absolute path, got {cfg.runner.cwd!r}")
+    if not cfg.runner.command[0]:
+        raise ConfigError(f"{source}: runner.command: the program (first element) is empty")
+
+
+def load_config(
+    env: Mapping[str, str],
+    *,
+    config: str | None = None,
+    spool: str | None = None,
+    state_dir: str | None = None,
+    socket: str | None = None,
+    runner: str | None = None,
+) -> Config:
+    """Load and validate the config file, then apply environment and flags."""
+    paths, raw = load_paths(env, config=config, spool=spool, state_dir=state_dir, socket=socket)
+    file_cfg = decode_file_config(raw, paths.config)
+    override = runner if runner else env.get("BATCHD_RUNNER")
+    if override:
+        source = "--runner" if runner else "BATCHD_RUNNER"
+        try:
+            argv = shlex.split(override)
+        except ValueError as e:
+            raise ConfigError(f"{source}: cannot split {override!r}: {e}") from None
+        if not argv:
+            raise ConfigError(f"{source}: the runner command is empty")
+        file_cfg = msgspec.structs.replace(
+            file_cfg, runner=msgspec.structs.replace(file_cfg.runner, command=argv)
+        )
+    return Config(paths=paths, file=file_cfg)
