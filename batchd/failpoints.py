@@ -1,0 +1,60 @@
+"""Test-only crash and fault switch: ``BATCHD_FAILPOINTS``.
+
+Not a feature: the torture tests use it to kill the daemon at named points and
+to make state writes fail as on a full disk. Unset (always, in production) it
+costs one dict lookup per point. Syntax, comma separated:
+
+- ``NAME``: ``SIGKILL`` this process the first time point NAME is reached;
+- ``NAME@N``: ... the N-th time (1-based);
+- ``enospc=PATH``: while the file PATH exists, every durable state write fails
+  with ``ENOSPC`` (delete PATH and the disk has "space" again).
+
+Points: ``after_batch_write`` (spool: batch state written, source not moved),
+``after_attempt_record`` (attempt with pid written, runner running),
+``after_runner_exit`` (runner ended, nothing recorded), ``before_outcome_write``
+(outcome computed, not yet written).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+_POINTS: dict[str, int] = {}
+_HITS: dict[str, int] = {}
+_ENOSPC_FLAG: str | None = None
+
+
+def configure(spec: str | None) -> None:
+    global _ENOSPC_FLAG
+    _POINTS.clear()
+    _HITS.clear()
+    _ENOSPC_FLAG = None
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("enospc="):
+            _ENOSPC_FLAG = item.removeprefix("enospc=")
+            continue
+        name, _, nth = item.partition("@")
+        _POINTS[name] = int(nth) if nth else 1
+
+
+def hit(name: str) -> None:
+    """Die here (SIGKILL, no cleanup) when the switch names this point."""
+    if not _POINTS or name not in _POINTS:
+        return
+    _HITS[name] = _HITS.get(name, 0) + 1
+    if _HITS[name] == _POINTS[name]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_write() -> None:
+    """Raise ENOSPC as a full disk would, while the flag file exists."""
+    if _ENOSPC_FLAG is not None and os.path.exists(_ENOSPC_FLAG):
+        raise OSError(errno.ENOSPC, "No space left on device (injected by BATCHD_FAILPOINTS)")
+
+
+configure(os.environ.get("BATCHD_FAILPOINTS"))

@@ -1,0 +1,423 @@
+"""One process run: spawn, stream output to the log, time out, kill the whole group.
+
+Owns the runner's (and the hooks') process lifecycle: argv templating in one
+pass, spawning without a shell in a new session, waiting through a pidfd,
+draining stdout and stderr into the attempt log (head and tail kept past
+``max_log_bytes``), and killing the process group (SIGTERM, grace, SIGKILL)
+on timeout, on stop, and when the runner leaves members behind. It never
+decides what an outcome means: that is ``classify``.
+
+Cancellation: ``RunningProcess.wait`` cleans up under a shield; when it is
+cancelled the group is killed and reaped before the cancellation proceeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anyio
+
+from batchd.classify import RawResult
+
+STDERR_TAIL = 64 * 1024
+STDOUT_TAIL = 256 * 1024
+_CHUNK = 64 * 1024
+_DRAIN_AFTER_EXIT_S = 2.0  # a setsid() grandchild can hold the pipe: stop reading after this
+_POLL_S = 0.02
+
+_PLACEHOLDER_RE = re.compile(r"\{(feature|index|batch_id|attempt|issue)\}")
+
+
+def render_argv(template: Iterable[str], values: Mapping[str, str]) -> list[str]:
+    """Replace ``{feature}`` etc. inside each element, in one pass (inserted text is final)."""
+    return [_PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], part) for part in template]
+
+
+class SpawnError(Exception):
+    """The runner could not be started; not the feature's fault, so no attempt is charged."""
+
+    def __init__(self, kind: Literal["cwd", "runner"], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+# --- /proc helpers --------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def is_alive_process(pid: int, start_time: int | None) -> bool:
+    """Is ``pid`` still the process that started at ``start_time`` (and not a zombie)?"""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":
+        return False
+    return start_time is None or (len(fields) > 19 and int(fields[19]) == start_time)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def processes_with_env(marker: bytes) -> list[int]:
+    """Live processes of this user whose environment contains ``marker`` (e.g. a run id prefix)."""
+    uid = os.getuid()
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if b"\0" + marker in b"\0" + env:
+            fields = _stat_fields(int(name))
+            if fields and fields[0] != "Z":
+                found.append(int(name))
+    return found
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants of runners are re-parented to us."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER = 36
+    except (OSError, AttributeError):
+        return False
+
+
+_KNOWN_CHILDREN: set[int] = set()
+
+
+def reap_orphans() -> int:
+    """Reap adopted orphans that have exited (never our own runner or hook children)."""
+    reaped = 0
+    me = os.getpid()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+        for pid in children:
+            if pid in _KNOWN_CHILDREN:
+                continue
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped += 1
+    return reaped
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def kill_group(
+    pgid: int, grace: float, leader: subprocess.Popen[bytes] | None = None
+) -> None:
+    """SIGTERM the group, wait up to ``grace``, SIGKILL what is left; reap as we go.
+
+    Call it shielded. Returns when no live member is left (or after a bounded
+    wait for members that are zombies of other parents).
+    """
+    for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        _signal_group(pgid, sig)
+        # SIGCONT so that a stopped member can act on SIGTERM.
+        if sig == signal.SIGTERM:
+            _signal_group(pgid, signal.SIGCONT)
+        deadline = time.monotonic() + wait_s
+        while True:
+            if leader is not None and leader.returncode is None:
+                leader.poll()
+            reap_orphans()
+            if not _group_alive(pgid) or not group_members(pgid):
+                return
+            if time.monotonic() >= deadline:
+                break
+            await anyio.sleep(_POLL_S)
+
+
+# --- the log -------------------------------------------------------------------
+
+
+class LogSink:
+    """The attempt log: appended raw, 0600; past ``max_bytes`` keep the first and last halves."""
+
+    def __init__(self, path: Path | None, max_bytes: int) -> None:
+        self.path = path
+        self.fd: int | None = None
+        half = max_bytes // 2 if max_bytes > 0 else 1 << 62
+        self.half = half
+        self.head_left = half
+        self.tail: deque[bytes] = deque()
+        self.tail_bytes = 0
+        self.dropped = 0
+        if path is not None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self.fd = os.open(path, flags, 0o600)
+            self.head_left = max(0, half - os.fstat(self.fd).st_size)
+
+    def write(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        if self.head_left > 0:
+            part = data[: self.head_left]
+            os.write(self.fd, part)
+            self.head_left -= len(part)
+            data = data[len(part) :]
+            if not data:
+                return
+        self.tail.append(data)
+        self.tail_bytes += len(data)
+        while self.tail_bytes - len(self.tail[0]) >= self.half:
+            old = self.tail.popleft()
+            self.tail_bytes -= len(old)
+            self.dropped += len(old)
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            tail = b"".join(self.tail)
+            if self.tail_bytes > self.half:
+                cut = self.tail_bytes - self.half
+                self.dropped += cut
+                tail = tail[cut:]
+            if self.dropped:
+                os.write(
+                    self.fd,
+                    f"\n[batchd: {self.dropped} bytes omitted here; the log keeps the first "
+                    f"and the last {self.half} bytes]\n".encode(),
+                )
+            if tail:
+                os.write(self.fd, tail)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Tail:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.buf = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        self.buf += data
+        if len(self.buf) > 2 * self.cap:
+            del self.buf[: len(self.buf) - self.cap]
+
+    def value(self) -> bytes:
+        return bytes(self.buf[-self.cap :])
+
+
+# --- spawning and waiting ---------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    log_path: Path | None
+    timeout: float = 0.0  # 0 = none
+    kill_grace: float = 10.0
+    max_log_bytes: int = 10 * 1024 * 1024
+    tail_caps: tuple[int, int] = field(default=(STDOUT_TAIL, STDERR_TAIL))
+
+
+def spawn(launch: Launch) -> RunningProcess:
+    """Start the process in its own session; raise ``SpawnError`` if it cannot start."""
+    if not os.path.isdir(launch.cwd):
+        raise SpawnError("cwd", f"working directory {launch.cwd} does not exist")
+    sink = LogSink(launch.log_path, launch.max_log_bytes)
+    try:
+        proc = subprocess.Popen(
+            launch.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=launch.cwd,
+            env=launch.env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        sink.close()
+        program = launch.argv[0] if launch.argv else "?"
+        if e.filename == launch.cwd and not os.path.isdir(launch.cwd):
+            raise SpawnError("cwd", f"working directory {launch.cwd} does not exist") from None
+        why = e.strerror or str(e)
+        raise SpawnError("runner", f"cannot start runner {program!r}: {why}") from None
+    _KNOWN_CHILDREN.add(proc.pid)
+    return RunningProcess(proc, launch, sink)
+
+
+class RunningProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], launch: Launch, sink: LogSink) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.start_time = process_start_time(proc.pid)
+        self.launch = launch
+        self.sink = sink
+        self.stdout = _Tail(launch.tail_caps[0])
+        self.stderr = _Tail(launch.tail_caps[1])
+        self._stop = anyio.Event()
+        self.stop_reason: str | None = None
+        assert proc.stdout is not None and proc.stderr is not None
+        self._fds = [proc.stdout.fileno(), proc.stderr.fileno()]
+        for fd in self._fds:
+            os.set_blocking(fd, False)
+
+    def stop(self, reason: str) -> None:
+        """Ask ``wait`` to end the run now (the group is killed; the run is 'interrupted')."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+
+    async def _pump(self, fd: int, tail: _Tail, done: anyio.Event) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(fd, _CHUNK)
+                except BlockingIOError:
+                    await anyio.wait_readable(fd)
+                    continue
+                if not data:
+                    return
+                tail.add(data)
+                self.sink.write(data)
+        finally:
+            done.set()
+
+    async def _wait_exit(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            while self.proc.poll() is None:
+                await anyio.sleep(_POLL_S)
+            return
+        try:
+            await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+
+    async def wait(self) -> RawResult:
+        """Wait for the end (exit, timeout or stop), kill leftovers, drain, return what happened."""
+        timed_out = False
+        try:
+            done = (anyio.Event(), anyio.Event())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump, self._fds[0], self.stdout, done[0])
+                tg.start_soon(self._pump, self._fds[1], self.stderr, done[1])
+                timed_out = await self._wait_exit_or_stop()
+                with anyio.CancelScope(shield=True):
+                    # Leftover members could hold the pipes open: end them before draining.
+                    await kill_group(self.pid, self.launch.kill_grace, self.proc)
+                    with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
+                        await done[0].wait()
+                        await done[1].wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.proc.returncode is None:
+                    await kill_group(self.pid, self.launch.kill_grace, self.proc)
+                    with anyio.move_on_after(5):
+                        while self.proc.poll() is None:
+                            await anyio.sleep(_POLL_S)
+                self._close()
+        return self._result(timed_out)
+
+    async def _wait_exit_or_stop(self) -> bool:
+        """True when the timeout fired; returns on exit, timeout or stop."""
+        timeout = self.launch.timeout if self.launch.timeout > 0 else math.inf
+        timed_out = True
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def on_stop() -> None:
+                    await self._stop.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(on_stop)
+                await self._wait_exit()
+                tg.cancel_scope.cancel()
+            timed_out = False
+        return timed_out and not self._stop.is_set()
+
+    def _close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.poll()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        self.sink.close()
+        _KNOWN_CHILDREN.discard(self.pid)
+
+    def _result(self, timed_out: bool) -> RawResult:
+        rc = self.proc.returncode
+        interrupted = self.stop_reason is not None
+        sig = -rc if rc is not None and rc < 0 and not (timed_out or interrupted) else None
+        return RawResult(
+            exit_code=rc if rc is not None and rc >= 0 else None,
+            signal=sig,
+            timed_out=timed_out,
+            interrupted=interrupted,
+            stdout_tail=self.stdout.value(),
+            stderr_tail=self.stderr.value(),
+            output_bytes=self.stdout.total,
+        )

@@ -1,0 +1,266 @@
+"""The spool directory (SPEC section 3): watching, settling, reading safely, rejecting.
+
+Owns everything between "a name appeared in the spool" and "here are validated
+bytes": ignore rules, the settle time of plain files, the one re-try of a
+``.json`` request, ``lstat`` before anything, opening with ``O_NOFOLLOW |
+O_NONBLOCK`` (never block on a FIFO, never follow a link), and moving refused
+entries to ``rejected/`` with a ``.error`` sidecar. Turning accepted bytes into
+a batch is the engine's (``Engine.ingest``); deciding whether bytes are
+acceptable is ``parse``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from watchfiles import awatch
+
+from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
+from batchd.store import ensure_dir, fsync_dir, write_durable
+
+log = logging.getLogger("batchd.spool")
+
+REJECTED = "rejected"
+_IGNORED_SUFFIXES = (".tmp", ".part", "~")
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def is_ignored(name: str) -> bool:
+    """Names the spool never reads: dot files, partial writes, editor backups, rejected/."""
+    return name.startswith(".") or name.endswith(_IGNORED_SUFFIXES) or name == REJECTED
+
+
+def _kind(mode: int) -> str | None:
+    """Why a non-regular entry is refused, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link; batchd never follows links in the spool: copy the file in"
+    if stat.S_ISDIR(mode):
+        return "is a directory; the spool is not recursive: put feature files directly in it"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO; only regular files are read"
+    if stat.S_ISSOCK(mode):
+        return "is a socket; only regular files are read"
+    return "is a device or special file; only regular files are read"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A spool entry that passed validation: the engine turns it into a batch."""
+
+    name: str
+    path: Path
+    data: bytes
+    sha256: str
+    parsed: ParsedBatch
+
+
+Ingest = Callable[[Accepted], None]
+
+
+class Spool:
+    def __init__(self, spool_dir: Path, limits: Limits, settle_ms: int, ingest: Ingest) -> None:
+        self.dir = spool_dir
+        self.limits = limits
+        self.settle_s = settle_ms / 1000.0
+        self.ingest = ingest
+        self._json_retry: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self._poke = anyio.Event()
+        self.rejected_count = 0
+
+    def reconfigure(self, limits: Limits, settle_ms: int) -> None:
+        self.limits = limits
+        self.settle_s = settle_ms / 1000.0
+
+    # --- one scan ---
+
+    def scan(self, now: float | None = None) -> float | None:
+        """Read every ready entry; return the wall time of the next needed look, if any."""
+        now = time.time() if now is None else now
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            ensure_dir(self.dir)
+            return None
+        candidates: list[tuple[int, str, os.stat_result]] = []
+        for entry in entries:
+            if is_ignored(entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            candidates.append((st.st_mtime_ns, entry.name, st))
+        candidates.sort()
+        next_look: float | None = None
+        seen = set()
+        for _, name, st in candidates:
+            seen.add(name)
+            due = self._consider(name, st, now)
+            if due is not None:
+                next_look = due if next_look is None else min(next_look, due)
+        for name in list(self._json_retry):
+            if name not in seen:
+                del self._json_retry[name]
+        return next_look
+
+    def _consider(self, name: str, st: os.stat_result, now: float) -> float | None:
+        path = self.dir / name
+        why = _kind(st.st_mode)
+        if why is not None:
+            self.reject(name, f"{name} {why}")
+            return None
+        request = is_request_name(name)
+        if not request:
+            changed = max(st.st_mtime, st.st_ctime)
+            if now - changed < self.settle_s:
+                return changed + self.settle_s
+        try:
+            data = self._read(path, st)
+        except FileNotFoundError:
+            return None
+        except _Refused as e:
+            self.reject(name, str(e))
+            return None
+        if len(data) > self.limits.max_file_bytes:
+            self.reject(
+                name,
+                f"{name}: file is over spool.max_file_bytes ({self.limits.max_file_bytes}); "
+                "split it into smaller files or raise the limit",
+            )
+            return None
+        try:
+            parsed = parse_spool_file(name, data, self.limits)
+        except ParseError as e:
+            if request:
+                sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+                first = self._json_retry.get(name)
+                if first is None or first[0] != sig:
+                    # A request is written by rename, but give a slow writer one more chance.
+                    self._json_retry[name] = (sig, now + self.settle_s)
+                    return now + self.settle_s
+                if now < first[1]:
+                    return first[1]
+                del self._json_retry[name]
+            self.reject(name, str(e))
+            return None
+        self._json_retry.pop(name, None)
+        sha = hashlib.sha256(data).hexdigest()
+        self.ingest(Accepted(name=name, path=path, data=data, sha256=sha, parsed=parsed))
+        return None
+
+    def _read(self, path: Path, st: os.stat_result) -> bytes:
+        try:
+            fd = os.open(path, _O_READ)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise _Refused(f"{path.name}: cannot be opened: {e.strerror}") from None
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or fst.st_ino != st.st_ino:
+                raise _Refused(f"{path.name}: changed into something else while being read")
+            limit = self.limits.max_file_bytes + 1
+            chunks: list[bytes] = []
+            size = 0
+            while size < limit:
+                chunk = os.read(fd, min(limit - size, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def reject(self, name: str, reason: str) -> None:
+        """Move ``name`` to ``rejected/`` (without opening it) with a ``.error`` sidecar."""
+        rejected = self.dir / REJECTED
+        ensure_dir(rejected)
+        dest = name
+        n = 1
+        while os.path.lexists(rejected / dest) or os.path.lexists(rejected / f"{dest}.error"):
+            dest = f"{name}.{n}"
+            n += 1
+        try:
+            os.rename(self.dir / name, rejected / dest)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("spool: cannot move %s to %s: %s", name, rejected, e.strerror)
+            return
+        try:
+            write_durable(rejected, f"{dest}.error", (reason + "\n").encode())
+            fsync_dir(self.dir)
+        except OSError as e:
+            log.error("spool: cannot write %s.error: %s", dest, e)
+        self.rejected_count += 1
+        log.warning("spool: rejected %s: %s (moved to %s)", name, reason, rejected / dest)
+
+    # --- watching ---
+
+    async def run(self, stop: anyio.Event) -> None:
+        """Scan now, then after every change set and whenever a settle time ends."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, stop)
+            while not stop.is_set():
+                poke = self._poke
+                try:
+                    due = self.scan()
+                except OSError as e:
+                    log.error("spool: cannot scan %s: %s; trying again in 5 s", self.dir, e)
+                    due = time.time() + 5
+                timeout = max(0.0, due - time.time()) if due is not None else None
+                with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+                    async with anyio.create_task_group() as waiters:
+
+                        async def on_stop() -> None:
+                            await stop.wait()
+                            waiters.cancel_scope.cancel()
+
+                        waiters.start_soon(on_stop)
+                        await poke.wait()
+                        waiters.cancel_scope.cancel()
+            tg.cancel_scope.cancel()
+
+    def poke(self) -> None:
+        self._poke.set()
+        self._poke = anyio.Event()
+
+    async def _watch(self, stop: anyio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                ensure_dir(self.dir)
+            try:
+                async for _changes in awatch(
+                    self.dir,
+                    watch_filter=None,
+                    recursive=False,
+                    stop_event=stop,
+                    step=20,
+                    debounce=400,
+                    rust_timeout=1000,
+                ):
+                    self.poke()
+                    if not self.dir.is_dir():
+                        break  # deleted: awatch would see nothing more; start again
+            except (FileNotFoundError, RuntimeError) as e:
+                log.warning("spool: watching %s failed (%s); retrying", self.dir, e)
+            if not stop.is_set():
+                self.poke()
+                with anyio.move_on_after(1.0):
+                    await stop.wait()
+
+
+class _Refused(Exception):
+    pass

@@ -1,0 +1,370 @@
+"""Durable state on disk (SPEC section 4): layout, atomic writes, lock, quarantine.
+
+Every write goes through ``write_durable``: a temp file in the same directory
+(``O_EXCL|O_NOFOLLOW``, 0600), fsync, ``os.replace``, fsync of the directory.
+A failed write leaves the previous file intact and raises ``OSError`` to the
+caller, which reports it and retries. Nothing here follows a symlink: a link
+where a state file or directory should be is an error.
+
+The calls are synchronous on purpose: one write costs well under a millisecond,
+less than a hop to a worker thread, and the engine writes from one task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from batchd import failpoints
+from batchd.model import AuditEvent, BatchState, DaemonState, RetryState, UserState
+from batchd.protocol import is_batch_id
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+
+STATE = "state.json"
+RETRY = "retry_state.json"
+AUDIT = "retry_audit.jsonl"
+SOURCE = "source"
+
+
+class StoreError(Exception):
+    """The state directory cannot be used (a symlink, wrong owner, another daemon)."""
+
+
+@dataclass
+class Problem:
+    """Something wrong that ``status`` reports under ``problems``."""
+
+    kind: str
+    message: str
+    batch_id: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "message": self.message, "batch_id": self.batch_id}
+
+
+# --- primitives ----------------------------------------------------------------
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` (and parents) 0700; refuse a symlink or a non-directory."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"{path} is a symlink; batchd never follows links in its state")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{path} exists and is not a directory")
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def fsync_dir(path: Path) -> None:
+    dfd = os.open(path, _O_DIR)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_durable(directory: Path, name: str, data: bytes) -> None:
+    """Atomically and durably replace ``directory/name`` with ``data`` (mode 0600)."""
+    failpoints.check_write()
+    dfd = os.open(directory, _O_DIR)
+    try:
+        try:
+            st = os.lstat(name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                raise StoreError(f"{directory / name} is a symlink; refusing to write through it")
+        tmp = f".{name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, _O_TMP, 0o600, dir_fd=dfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.close(fd)
+        try:
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_nofollow(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
+    """Read a regular file without following a symlink or blocking on a FIFO."""
+    fd = os.open(path, _O_READ)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is not a regular file")
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def encode(obj: object) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_file(path: Path, kind: type[T]) -> T:
+    """Decode a state file; ``msgspec.DecodeError`` (a ValidationError too) when it is bad."""
+    return msgspec.json.decode(read_nofollow(path), type=kind)
+
+
+# --- the state directory ---------------------------------------------------------
+
+
+class Store:
+    """The state directory of one daemon: ``daemon.json``, ``user_state.json``, ``batches/``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir
+        self.batches = state_dir / "batches"
+        self._lock_fd: int | None = None
+
+    def open(self) -> None:
+        """Create the layout (0700) and take the single-instance lock."""
+        ensure_dir(self.root)
+        ensure_dir(self.batches)
+        self.lock()
+
+    def lock(self) -> None:
+        path = self.root / "batchd.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"{path} is a symlink; remove it") from None
+            raise StoreError(f"cannot open the lock file {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StoreError(
+                f"another batchd{who} is already running on {self.root}; "
+                "stop it first, or give this one another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- small files ---
+
+    def load_daemon(self) -> DaemonState:
+        return self._load_small("daemon.json", DaemonState) or DaemonState()
+
+    def save_daemon(self, state: DaemonState) -> None:
+        write_durable(self.root, "daemon.json", encode(state))
+
+    def load_user(self) -> UserState:
+        return self._load_small("user_state.json", UserState) or UserState()
+
+    def save_user(self, state: UserState) -> None:
+        write_durable(self.root, "user_state.json", encode(state))
+
+    def _load_small(self, name: str, kind: type[T]) -> T | None:
+        path = self.root / name
+        try:
+            return decode_file(path, kind)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"{path} is a symlink; batchd never follows links") from None
+            raise StoreError(f"cannot read {path}: {e.strerror}") from None
+        except msgspec.DecodeError:
+            self.quarantine(path)
+            return None
+
+    def quarantine(self, path: Path) -> Path:
+        """Move an unreadable state file aside as ``<name>.corrupt-<ts>``."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 1
+        while dest.exists():
+            dest = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+            n += 1
+        os.rename(path, dest)
+        fsync_dir(path.parent)
+        return dest
+
+    # --- batches ---
+
+    def batch_dir(self, batch_id: str) -> Path:
+        if not is_batch_id(batch_id):
+            raise ValueError(f"not a batch id: {batch_id!r}")
+        return self.batches / batch_id
+
+    def log_path(self, batch_id: str, index: int, attempt: int) -> Path:
+        return self.batch_dir(batch_id) / "logs" / f"{index}.{attempt}.log"
+
+    def create_batch(self, state: BatchState, retry: RetryState) -> Path:
+        """Write a new batch's directory and both state files durably."""
+        bdir = self.batch_dir(state.batch_id)
+        os.mkdir(bdir, 0o700)
+        os.mkdir(bdir / "logs", 0o700)
+        write_durable(bdir, RETRY, encode(retry))
+        write_durable(bdir, STATE, encode(state))
+        fsync_dir(self.batches)
+        return bdir
+
+    def save_state(self, state: BatchState) -> None:
+        write_durable(self.batch_dir(state.batch_id), STATE, encode(state))
+
+    def save_retry(self, retry: RetryState) -> None:
+        write_durable(self.batch_dir(retry.batch_id), RETRY, encode(retry))
+
+    def append_audit(self, batch_id: str, events: Iterable[AuditEvent]) -> None:
+        """Append one JSON line per event, flushed to disk (0600)."""
+        data = b"".join(encode(e) + b"\n" for e in events)
+        if not data:
+            return
+        failpoints.check_write()
+        path = self.batch_dir(batch_id) / AUDIT
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            os.write(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def has_source(self, batch_id: str) -> bool:
+        return os.path.lexists(self.batch_dir(batch_id) / SOURCE)
+
+    def load_batches(self) -> tuple[list[tuple[BatchState, RetryState]], list[Problem]]:
+        """Every readable batch; unreadable state files are quarantined and reported."""
+        found: list[tuple[BatchState, RetryState]] = []
+        problems: list[Problem] = []
+        try:
+            names = sorted(os.listdir(self.batches))
+        except FileNotFoundError:
+            return found, problems
+        for name in names:
+            if not is_batch_id(name):
+                continue
+            bdir = self.batches / name
+            if not stat.S_ISDIR(os.lstat(bdir).st_mode):
+                problems.append(Problem("bad_batch_dir", f"{bdir} is not a directory", name))
+                continue
+            loaded = self._load_one(bdir, name, problems)
+            if loaded is not None:
+                found.append(loaded)
+        found.sort(key=lambda pair: pair[0].seq)
+        return found, problems
+
+    def _load_one(
+        self, bdir: Path, batch_id: str, problems: list[Problem]
+    ) -> tuple[BatchState, RetryState] | None:
+        path = bdir / STATE
+        try:
+            state = decode_file(path, BatchState)
+            if state.batch_id != batch_id:
+                raise msgspec.ValidationError(f"batch_id {state.batch_id!r} != directory name")
+        except FileNotFoundError:
+            # Created but never written (killed inside create_batch): nothing was accepted.
+            problems.append(Problem("incomplete_batch", f"{bdir} has no {STATE}", batch_id))
+            return None
+        except (msgspec.DecodeError, StoreError, OSError) as e:
+            moved = ""
+            if path.exists() and not path.is_symlink():
+                moved = f"; moved to {self.quarantine(path).name}"
+            problems.append(
+                Problem(
+                    "corrupt_state",
+                    f"{path}: cannot be read ({e}){moved}; the batch is left out",
+                    batch_id,
+                )
+            )
+            return None
+        try:
+            retry = decode_file(bdir / RETRY, RetryState)
+        except FileNotFoundError:
+            retry = RetryState(
+                batch_id=batch_id, created_at=state.created_at, updated_at=state.updated_at
+            )
+        except (msgspec.DecodeError, StoreError, OSError) as e:
+            moved = ""
+            rpath = bdir / RETRY
+            if rpath.exists() and not rpath.is_symlink():
+                moved = f"; moved to {self.quarantine(rpath).name}"
+            problems.append(
+                Problem(
+                    "corrupt_state",
+                    f"{rpath}: cannot be read ({e}){moved}; retry counters start again at 0",
+                    batch_id,
+                )
+            )
+            retry = RetryState(
+                batch_id=batch_id, created_at=state.created_at, updated_at=state.updated_at
+            )
+        return state, retry
+
+    def remove_batch(self, batch_id: str) -> None:
+        bdir = self.batch_dir(batch_id)
+        if os.path.islink(bdir):
+            raise StoreError(f"{bdir} is a symlink")
+        shutil.rmtree(bdir)
+        fsync_dir(self.batches)
+
+    def move_in_source(self, src: Path, batch_id: str) -> None:
+        """Move an accepted spool file to ``<batch dir>/source`` (copy across filesystems)."""
+        dest = self.batch_dir(batch_id) / SOURCE
+        try:
+            os.rename(src, dest)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            data = read_nofollow(src)
+            write_durable(dest.parent, SOURCE, data)
+            os.unlink(src)
+        fsync_dir(dest.parent)
+        fsync_dir(src.parent)
