@@ -523,6 +523,7 @@ class Engine:
                 f"cannot open the log of {batch.batch_id} feature {index}: {e}", batch.batch_id
             )
             return
+        failpoints.hit("after_spawn")
         attempt = batch.begin(
             index=index, now=now, pid=proc.pid, pid_start_time=proc.start_time, run_id=run_id
         )

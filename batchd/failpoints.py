@@ -10,6 +10,7 @@ costs one dict lookup per point. Syntax, comma separated:
   with ``ENOSPC`` (delete PATH and the disk has "space" again).
 
 Points: ``after_batch_write`` (spool: batch state written, source not moved),
+``after_spawn`` (runner started, its attempt and pid not yet written),
 ``after_attempt_record`` (attempt with pid written, runner running),
 ``after_runner_exit`` (runner ended, nothing recorded), ``before_outcome_write``
 (outcome computed, not yet written).

@@ -28,6 +28,7 @@ from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse
 from batchd.store import ensure_dir, fsync_dir, write_durable
 
 log = logging.getLogger("batchd.spool")
+logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
 
 REJECTED = "rejected"
 _IGNORED_SUFFIXES = (".tmp", ".part", "~")

@@ -366,5 +366,6 @@ class Store:
             data = read_nofollow(src)
             write_durable(dest.parent, SOURCE, data)
             os.unlink(src)
+        os.chmod(dest, 0o600)  # a regular file: the spool checked it with lstat and fstat
         fsync_dir(dest.parent)
         fsync_dir(src.parent)

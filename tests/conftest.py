@@ -1,0 +1,33 @@
+"""Shared fixtures: every daemon test runs once per event-loop backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Daemon
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backend of async tests, and the ``--backend`` of daemons under test."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, anyio_backend: str) -> Iterator[Callable[..., Daemon]]:
+    """Build (not start) daemons in private temp dirs; all are killed at the end."""
+    made: list[Daemon] = []
+
+    def make(name: str = "d", **kw: Any) -> Daemon:
+        d = Daemon(tmp_path / name, anyio_backend, **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()

@@ -1,0 +1,256 @@
+"""Drive a real batchd process: temp dirs, a config with the fake agent, raw socket requests.
+
+Nothing here imitates batchd: the daemon under test is the real program started
+as a subprocess; the only fake is the agent at the edge (``tests/bin/fake-agent``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parent
+FAKE_AGENT = TESTS / "bin" / "fake-agent"
+REPO = TESTS.parent
+
+
+def agent_command(*extra: str) -> list[str]:
+    return [sys.executable, str(FAKE_AGENT), "{feature}", *extra]
+
+
+def toml_list(items: Iterable[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+class Daemon:
+    """One batchd under test, with its own spool, state dir, socket and config."""
+
+    def __init__(
+        self,
+        root: Path,
+        backend: str = "asyncio",
+        *,
+        runner: list[str] | None = None,
+        config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.backend = backend
+        self.spool = root / "spool"
+        self.state = root / "state"
+        self.runtime = root / "run"
+        self.socket = self.runtime / "batchd.sock"
+        self.config_path = root / "config.toml"
+        self.agent_log = root / "agent.jsonl"
+        self.workdir = root / "work"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = root / "daemon.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_env = env or {}
+        self.write_config(runner or agent_command(), config)
+
+    def write_config(self, runner: list[str], extra: str = "") -> None:
+        text = f"[runner]\ncommand = {toml_list(runner)}\ncwd = {json.dumps(str(self.workdir))}\n"
+        text += "timeout = 60\nkill_grace = 2\n"
+        if "[spool]" not in extra:
+            text += "[spool]\nsettle_ms = 100\n"
+        self.config_path.write_text(text + extra)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BATCHD_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "BATCH_RETRY"))
+        }
+        env.update(
+            BATCHD_CONFIG=str(self.config_path),
+            BATCHD_SPOOL_DIR=str(self.spool),
+            BATCHD_STATE_DIR=str(self.state),
+            BATCHD_SOCKET=str(self.socket),
+            FAKE_AGENT_LOG=str(self.agent_log),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    # --- process control ---
+
+    def start(self, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        err = open(self.stderr_path, "ab")  # noqa: SIM115 - kept open for the child
+        self.proc = subprocess.Popen(
+            [sys.executable, *(["/tmp/shim/run.py"] if os.environ.get("DEVSHIM") else ["-m", "batchd"]), "--backend", self.backend, *args],
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
+        err.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"batchd exited {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                if self.request("ping")["ok"]:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"batchd did not answer within {timeout}s:\n{self.stderr()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"batchd did not stop within {timeout}s:\n{self.stderr()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        # Leave no runner behind between tests.
+        for rec in self.agent_runs():
+            if rec["event"] == "start":
+                try:
+                    os.killpg(int(rec["pid"]), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # --- talking to it ---
+
+    def request(self, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.socket))
+            req = {"v": 1, "id": 1, "cmd": cmd, "args": args}
+            s.sendall(json.dumps(req).encode() + b"\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("closed without a reply")
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
+        return reply
+
+    def ok(self, cmd: str, **args: Any) -> dict[str, Any]:
+        reply = self.request(cmd, **args)
+        assert reply["ok"], reply
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return self.ok("status")
+
+    def ctl(self, *args: str, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "batchctl", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+
+    # --- input and observation ---
+
+    def drop(self, name: str, lines: Iterable[str]) -> Path:
+        """Write a plain feature file into the spool the right way (temp name, rename)."""
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.spool / f".{name}.tmp"
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        os.rename(tmp, self.spool / name)
+        return self.spool / name
+
+    def drop_request(self, name: str, request: dict[str, Any]) -> Path:
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.spool / f".{name}.tmp"
+        tmp.write_text(json.dumps(request))
+        os.rename(tmp, self.spool / name)
+        return self.spool / name
+
+    def wait_for(
+        self, pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = pred()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n--- daemon stderr:\n{self.stderr()}")
+            time.sleep(0.02)
+
+    def batch_states(self) -> list[dict[str, Any]]:
+        """Every batch's state.json as stored on disk, by seq."""
+        out = []
+        bdir = self.state / "batches"
+        if not bdir.is_dir():
+            return out
+        for d in sorted(bdir.iterdir()):
+            f = d / "state.json"
+            if f.exists():
+                out.append(json.loads(f.read_bytes()))
+        return sorted(out, key=lambda s: s["seq"])
+
+    def retry_state(self, batch_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state / "batches" / batch_id / "retry_state.json").read_bytes())
+        return data
+
+    def audit(self, batch_id: str) -> list[dict[str, Any]]:
+        path = self.state / "batches" / batch_id / "retry_audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def finished(self, count: int) -> bool:
+        states = self.batch_states()
+        return len(states) >= count and all(
+            s["status"] in ("completed", "failed", "cancelled") for s in states
+        )
+
+    def wait_finished(self, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
+        self.wait_for(lambda: self.finished(count), timeout, f"{count} finished batches")
+        return self.batch_states()
+
+    def agent_runs(self) -> list[dict[str, Any]]:
+        if not self.agent_log.exists():
+            return []
+        out = []
+        for line in self.agent_log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by a kill
+        return out
