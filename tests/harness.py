@@ -88,7 +88,13 @@ class Daemon:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         err = open(self.stderr_path, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
-            [sys.executable, *(["/tmp/shim/run.py"] if os.environ.get("DEVSHIM") else ["-m", "batchd"]), "--backend", self.backend, *args],
+            [
+                sys.executable,
+                *(["/tmp/shim/run.py"] if os.environ.get("DEVSHIM") else ["-m", "batchd"]),
+                "--backend",
+                self.backend,
+                *args,
+            ],
             env={**self.env, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=err,
@@ -173,7 +179,9 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return self.ok("status")
 
-    def ctl(self, *args: str, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, input: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "batchctl", *args],
             env=self.env,
@@ -209,7 +217,9 @@ class Daemon:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}\n--- daemon stderr:\n{self.stderr()}")
+                raise AssertionError(
+                    f"timed out waiting for {what}\n--- daemon stderr:\n{self.stderr()}"
+                )
             time.sleep(0.02)
 
     def batch_states(self) -> list[dict[str, Any]]:
@@ -225,7 +235,9 @@ class Daemon:
         return sorted(out, key=lambda s: s["seq"])
 
     def retry_state(self, batch_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.state / "batches" / batch_id / "retry_state.json").read_bytes())
+        data: dict[str, Any] = json.loads(
+            (self.state / "batches" / batch_id / "retry_state.json").read_bytes()
+        )
         return data
 
     def audit(self, batch_id: str) -> list[dict[str, Any]]:

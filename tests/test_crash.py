@@ -22,7 +22,9 @@ def check_exactly_once(d: Daemon, features: list[str]) -> dict[str, Any]:
     assert state["status"] == "completed"
     assert sorted(state["completed_features"]) == list(range(len(features)))
     assert len(set(state["completed_features"])) == len(features)
-    done = Counter(h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed")
+    done = Counter(
+        h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed"
+    )
     assert all(n == 1 for n in done.values()), done
     assert_no_overlap(d)
     return state

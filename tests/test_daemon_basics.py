@@ -103,9 +103,7 @@ def test_sigterm_interrupts_and_reruns_at_next_start(make_daemon: MakeDaemon) ->
     assert state["status"] == "in_progress"
     assert [h["outcome"] for h in state["processing_history"]] == ["interrupted"]
     d.start()
-    d.wait_for(
-        lambda: sum(r["event"] == "start" for r in d.agent_runs()) >= 2, what="rerun"
-    )
+    d.wait_for(lambda: sum(r["event"] == "start" for r in d.agent_runs()) >= 2, what="rerun")
     runs = [r for r in d.agent_runs() if r["event"] == "start"]
     assert runs[1]["feature"] == "long sleep=30" and runs[1]["attempt"] == 1
     assert d.stop() == 0
@@ -162,9 +160,7 @@ def test_missing_runner_pauses_queue_without_charging(make_daemon: MakeDaemon) -
     d = make_daemon(runner=["/nonexistent/agent", "{feature}"])
     d.start()
     d.drop("x.txt", ["one", "two"])
-    st = d.wait_for(
-        lambda: (s := d.status())["queue_paused"] and s, what="queue pause"
-    )
+    st = d.wait_for(lambda: (s := d.status())["queue_paused"] and s, what="queue pause")
     assert st["pause_reason"].startswith("runner_unavailable")
     assert "/nonexistent/agent" in st["pause_reason"]
     [state] = d.batch_states()

@@ -60,7 +60,9 @@ def test_exit_75_is_transient_and_max_retries_stops(make_daemon: MakeDaemon) -> 
     assert [h["attempt"] for h in state["processing_history"]] == [1, 2, 1]
     [failed] = state["failed_features"]
     assert failed["feature_index"] == 0 and failed["retry_count"] == 1
-    reasons = [e["reason"] for e in d.audit(state["batch_id"]) if e["event_type"] == "retry_decision"]
+    reasons = [
+        e["reason"] for e in d.audit(state["batch_id"]) if e["event_type"] == "retry_decision"
+    ]
     assert reasons == ["under_retry_limit", "max_retries_reached"]
 
 
@@ -112,12 +114,15 @@ def test_consent_from_dotenv_and_user_state(make_daemon: MakeDaemon) -> None:
 
 
 def breaker_config(on_open: str, cooldown: float = 0) -> str:
-    return FAST + f"""max_per_feature = 0
+    return (
+        FAST
+        + f"""max_per_feature = 0
 [breaker]
 threshold = 5
 on_open = "{on_open}"
 cooldown = {cooldown}
 """
+    )
 
 
 def test_breaker_continue_mode(make_daemon: MakeDaemon) -> None:
@@ -175,7 +180,7 @@ def test_breaker_cooldown_half_open_probe(make_daemon: MakeDaemon) -> None:
 
 def test_kill9_during_backoff_keeps_next_attempt_at(make_daemon: MakeDaemon) -> None:
     """kill -9 during a backoff wait: after restart the wait ends at the same time."""
-    cfg = "[retry]\nbackoff_initial = 3\njitter = \"none\"\n"
+    cfg = '[retry]\nbackoff_initial = 3\njitter = "none"\n'
     d = make_daemon(config=cfg, env=ON)
     d.start()
     d.drop("w.txt", ["flaky fail_until=2"])
@@ -195,7 +200,7 @@ def test_kill9_during_backoff_keeps_next_attempt_at(make_daemon: MakeDaemon) -> 
 
 def test_pause_and_cancel_act_at_once_during_a_wait(make_daemon: MakeDaemon) -> None:
     """During a long backoff the API answers at once and cancel ends the batch."""
-    cfg = "[retry]\nbackoff_initial = 600\njitter = \"none\"\n"
+    cfg = '[retry]\nbackoff_initial = 600\njitter = "none"\n'
     d = make_daemon(config=cfg, env=ON)
     d.start()
     d.drop("w.txt", ["flaky fail_until=2", "never"])
@@ -239,6 +244,8 @@ def test_secrets_and_escapes_never_reach_state_audit_or_log(make_daemon: MakeDae
     assert "[REDACTED]" in message and "ConnectionError" in message
     assert "\r" not in message and "\n" not in message
     assert "forged line" in texts["log"]  # on the same line as the rest, not a new one
-    assert all("forged line" not in line or "ConnectionError" in line for line in texts["log"].splitlines())
+    assert all(
+        "forged line" not in line or "ConnectionError" in line for line in texts["log"].splitlines()
+    )
     # The raw attempt log keeps the raw output (0600).
     assert tokens[0] in (bdir / "logs" / "0.1.log").read_text()
