@@ -15,6 +15,7 @@ retried until it succeeds.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -229,10 +230,13 @@ class Engine:
         now = time.time()
         batch_id = self._new_batch_id(now)
         seq = self.daemon.next_seq
+        parsed = acc.parsed
+        if parsed.name == acc.name:  # named after the file: a name may hold anything
+            parsed = dataclasses.replace(parsed, name=sanitize(acc.name, 200))
         batch = new_batch(
             batch_id=batch_id,
             seq=seq,
-            parsed=acc.parsed,
+            parsed=parsed,
             features_file=acc.name,
             source_sha256=acc.sha256,
             now=now,
@@ -244,14 +248,15 @@ class Engine:
             self.store.create_batch(batch.state, batch.retry)
         except OSError as e:
             self.daemon.next_seq = seq
-            self._write_failed(f"cannot write the new batch for {acc.name}: {e}", None)
+            what = f"cannot write the new batch for {sanitize(acc.name)}: {e}"
+            self._write_failed(what, None)
             return
         failpoints.hit("after_batch_write")
         self.batches[batch_id] = batch
         self._move_source(acc, batch_id)
         log.info(
             "spool: accepted %s as %s (seq %d, %d features)",
-            acc.name,
+            sanitize(acc.name),
             batch_id,
             seq,
             batch.state.total_features,
@@ -262,7 +267,7 @@ class Engine:
         try:
             self.store.move_in_source(acc.path, batch_id)
         except OSError as e:
-            log.error("spool: cannot move %s into %s: %s", acc.name, batch_id, e)
+            log.error("spool: cannot move %s into %s: %s", sanitize(acc.name), batch_id, e)
 
     def _new_batch_id(self, now: float) -> str:
         us = max(int(now * 1_000_000), self._last_id_us + 1)

@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 from watchfiles import awatch
 
+from batchd.classify import sanitize
 from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
 from batchd.store import ensure_dir, fsync_dir, write_durable
 
@@ -186,6 +187,7 @@ class Spool:
 
     def reject(self, name: str, reason: str) -> None:
         """Move ``name`` to ``rejected/`` (without opening it) with a ``.error`` sidecar."""
+        reason = sanitize(reason)  # a file name or line may carry escapes or newlines
         rejected = self.dir / REJECTED
         ensure_dir(rejected)
         dest = name
@@ -198,15 +200,15 @@ class Spool:
         except FileNotFoundError:
             return
         except OSError as e:
-            log.error("spool: cannot move %s to %s: %s", name, rejected, e.strerror)
+            log.error("spool: cannot move %s to %s: %s", sanitize(name), rejected, e.strerror)
             return
         try:
             write_durable(rejected, f"{dest}.error", (reason + "\n").encode())
             fsync_dir(self.dir)
         except OSError as e:
-            log.error("spool: cannot write %s.error: %s", dest, e)
+            log.error("spool: cannot write %s.error: %s", sanitize(dest), e)
         self.rejected_count += 1
-        log.warning("spool: rejected %s: %s (moved to %s)", name, reason, rejected / dest)
+        log.warning("spool: rejected %s (moved to %s/)", reason, rejected)
 
     # --- watching ---
 
