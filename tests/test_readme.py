@@ -1,0 +1,42 @@
+"""The README's configuration reference matches the config structs, key for key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from batchd.config import FileConfig, decode_file_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def reference() -> dict[str, Any]:
+    text = README.read_text()
+    block = text.split("<!-- config-reference", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    data: dict[str, Any] = tomllib.loads(block)
+    return data
+
+
+def test_every_documented_default_is_the_real_default() -> None:
+    """Each section of the README block decodes to exactly FileConfig's defaults."""
+    doc = reference()
+    decoded = decode_file_config(doc, "README.md")
+    defaults = FileConfig()
+    for section in ("runner", "spool", "retry", "breaker", "classify", "limits", "hooks"):
+        assert msgspec.to_builtins(getattr(decoded, section)) == msgspec.to_builtins(
+            getattr(defaults, section)
+        ), section
+
+
+def test_every_key_is_documented() -> None:
+    """No config key is missing from the README, and none is invented."""
+    doc = reference()
+    real = msgspec.to_builtins(FileConfig(), builtin_types=None)
+    struct_keys = {f for f in FileConfig.__struct_fields__}
+    assert set(doc) == struct_keys
+    for section, value in real.items():
+        if isinstance(value, dict):
+            assert set(doc[section]) == set(value), section
