@@ -130,6 +130,7 @@ Events = AsyncIterator[dict[str, Any]]
 async def h_ping(engine: Engine, _: NoArgs) -> Result:
     from batchd import __version__
 
+    engine.poke_spool()  # 'batchctl submit' pings after writing: pick the request up now
     return {"pong": True, "pid": os.getpid(), "version": __version__}
 
 

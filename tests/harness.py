@@ -90,7 +90,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                *(["/tmp/shim/run.py"] if os.environ.get("DEVSHIM") else ["-m", "batchd"]),
+                *([os.environ.get("DEVSHIM_FILE", "/tmp/shim/run.py")] if os.environ.get("DEVSHIM") else ["-m", "batchd"]),
                 "--backend",
                 self.backend,
                 *args,
