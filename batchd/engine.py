@@ -48,7 +48,7 @@ from batchd.parse import Limits
 from batchd.policy import RetryPolicy, consent_from_dotenv, parse_consent
 from batchd.protocol import E_IO, E_UNKNOWN_BATCH, is_batch_id
 from batchd.spool import Accepted
-from batchd.store import Problem, Store, StoreError
+from batchd.store import Problem, Store, StoreError, ensure_dir
 
 log = logging.getLogger("batchd")
 
@@ -507,6 +507,9 @@ class Engine:
             await self._record(batch, verdict, None, retry_changed)
             return
         try:
+            logs = self.store.batch_dir(batch.batch_id) / "logs"
+            if not logs.is_dir():
+                ensure_dir(logs)
             proc = runner.spawn(
                 runner.Launch(
                     argv=argv,
@@ -523,10 +526,12 @@ class Engine:
             if retry_changed:
                 self._persist(batch, retry=True)
             return
-        except OSError as e:  # the log file could not be opened
-            self._write_failed(
-                f"cannot open the log of {batch.batch_id} feature {index}: {e}", batch.batch_id
-            )
+        except (OSError, StoreError) as e:  # the attempt log cannot be opened
+            reason = f"log_unavailable: cannot open the attempt log: {e}"
+            batch.pause(now, reason)
+            self._persist(batch, retry=retry_changed)
+            log.error("%s: paused: %s; fix it, then resume the batch", batch.batch_id, reason)
+            self.touch()
             return
         failpoints.hit("after_spawn")
         attempt = batch.begin(

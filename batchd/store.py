@@ -75,7 +75,13 @@ def ensure_dir(path: Path) -> None:
         raise StoreError(f"{path} is a symlink; batchd never follows links in its state")
     if not stat.S_ISDIR(st.st_mode):
         raise StoreError(f"{path} exists and is not a directory")
-    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
+    if st.st_mode & stat.S_ISVTX or st.st_uid != os.getuid():
+        # A shared directory such as /tmp: never ours to chmod, never private enough.
+        raise StoreError(
+            f"{path} is a shared directory (sticky or owned by uid {st.st_uid}); "
+            "batchd keeps its files in a private (0700) directory: choose a path inside one"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
 
 
