@@ -97,9 +97,9 @@ def parse_feature_file(name: str, data: bytes, limits: Limits) -> ParsedBatch:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        bad_line = data.count(b"\n", 0, e.start) + 1
         raise ParseError(
-            f"{name}: line {line}: invalid UTF-8 at byte {e.start}; save the file as UTF-8"
+            f"{name}: line {bad_line}: invalid UTF-8 at byte {e.start}; save the file as UTF-8"
         ) from None
     if text.startswith(_BOM):
         text = text[1:]

@@ -382,7 +382,8 @@ class Connection:
             return True
         follow = getattr(args, "follow", True)
         if command.stream is not None and (command.handler is None or follow):
-            await self.stream_events(req.id, command.stream(self.engine, args, final := {}), final)
+            final: dict[str, Any] = {}
+            await self.stream_events(req.id, command.stream(self.engine, args, final), final)
             return False
         assert command.handler is not None
         try:

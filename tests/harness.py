@@ -90,7 +90,8 @@ class Daemon:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                *([os.environ.get("DEVSHIM_FILE", "/tmp/shim/run.py")] if os.environ.get("DEVSHIM") else ["-m", "batchd"]),
+                "-m",
+                "batchd",
                 "--backend",
                 self.backend,
                 *args,

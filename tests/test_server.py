@@ -291,8 +291,14 @@ def test_peer_check_refuses_other_uids_on_an_inherited_socket(make_daemon: MakeD
         )
         python = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
         out = subprocess.run(
-            [python, "-c", client], user=65534, capture_output=True, text=True, timeout=20
+            [python, "-c", client],
+            user=65534,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
+        assert out.stdout.strip(), out.stderr
         reply = json.loads(out.stdout)
         assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
         assert d.request("ping")["ok"]  # root (our uid) is served
