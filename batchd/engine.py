@@ -118,7 +118,8 @@ class Engine:
         self.store = store
         self.backend = backend
         self.env = dict(env)
-        self.notify_status = notify or (lambda _line: None)
+        self._notify = notify or (lambda _line: None)
+        self._last_status_line = ""
         self.started = time.time()
         self.batches: dict[str, Batch] = {}
         self.daemon = DaemonState()
@@ -429,6 +430,12 @@ class Engine:
                 await self._sleep(wake, at)
                 continue
             await self.run_feature(batch)
+
+    def notify_status(self, line: str) -> None:
+        """Tell systemd (STATUS=) what the queue is doing, when that changed."""
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self._notify(line)
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: stop starting features; interrupt the running one."""
