@@ -137,7 +137,7 @@ _PATH_RE = re.compile(r"`\$\.?([^`]*)`")
 
 
 def _describe(e: msgspec.ValidationError) -> str:
-    """Turn msgspec's ``Expected `int` >= 0 - at `$.retry.max_global``` into ``retry.max_global: ...``."""
+    """``Expected `int` >= 0 - at `$.retry.max_global``` -> ``retry.max_global: ...``."""
     text = str(e)
     head, sep, tail = text.rpartition(" - at ")
     if not sep:
@@ -171,7 +171,9 @@ def _check_semantics(cfg: FileConfig, source: Path | str) -> None:
                     f"{source}: classify.{key}[{i}]: invalid regular expression: {e}"
                 ) from None
     if cfg.runner.cwd and not cfg.runner.cwd.startswith(("/", "~")):
-        raise ConfigError(f"{source}: runner.cwd: Expected an absolute path, got {cfg.runner.cwd!r}")
+        raise ConfigError(
+            f"{source}: runner.cwd: Expected an absolute path, got {cfg.runner.cwd!r}"
+        )
     if not cfg.runner.command[0]:
         raise ConfigError(f"{source}: runner.command: the program (first element) is empty")
 

@@ -102,7 +102,7 @@ class Current:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
-Notify = Callable[[str], None]
+Notify = Callable[[str], object]
 
 
 class Engine:
@@ -118,7 +118,7 @@ class Engine:
         self.store = store
         self.backend = backend
         self.env = dict(env)
-        self._notify = notify or (lambda _line: None)
+        self._notify: Notify = notify or (lambda _line: None)
         self._last_status_line = ""
         self.started = time.time()
         self.batches: dict[str, Batch] = {}

@@ -178,8 +178,7 @@ def parse_request(name: str, data: bytes, limits: Limits) -> ParsedBatch:
         not req.issue_numbers or len(req.issue_numbers) != len(cleaned)
     ):
         raise ParseError(
-            f"{name}: source_type github_issues needs one issue number per feature "
-            "in issue_numbers"
+            f"{name}: source_type github_issues needs one issue number per feature in issue_numbers"
         )
     batch_name = _clean_name(f"{name}: name", req.name) if req.name else ""
     return ParsedBatch(

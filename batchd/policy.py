@@ -57,14 +57,14 @@ def breaker_phase(state: RetryState, now: float, cooldown: float) -> BreakerPhas
     """Closed, open, or half-open (open, but the cooldown has passed: one probe may run)."""
     if not state.circuit_breaker_open:
         return "closed"
-    if cooldown > 0 and state.breaker_opened_at is not None:
-        if now >= parse_iso(state.breaker_opened_at) + cooldown:
-            return "half_open"
+    opened = state.breaker_opened_at
+    if cooldown > 0 and opened is not None and now >= parse_iso(opened) + cooldown:
+        return "half_open"
     return "open"
 
 
 def backoff_delay(retry_number: int, policy: RetryPolicy, rand: Callable[[], float]) -> float:
-    """``initial * multiplier**(n-1)`` capped at ``backoff_max``; full jitter draws from [0, delay]."""
+    """``initial * multiplier**(n-1)``, capped at ``backoff_max``; full jitter: [0, delay]."""
     n = max(1, retry_number)
     try:
         raw = policy.backoff_initial * math.pow(policy.backoff_multiplier, n - 1)
@@ -106,7 +106,9 @@ def _event(
     )
 
 
-def after_success(state: RetryState, now: float, cooldown: float) -> tuple[RetryState, tuple[AuditEvent, ...]]:
+def after_success(
+    state: RetryState, now: float, cooldown: float
+) -> tuple[RetryState, tuple[AuditEvent, ...]]:
     """A completed feature resets the failure run; a half-open breaker closes."""
     phase = breaker_phase(state, now, cooldown)
     if state.consecutive_failures == 0 and phase != "half_open":

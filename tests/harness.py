@@ -6,6 +6,7 @@ as a subprocess; the only fake is the agent at the edge (``tests/bin/fake-agent`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,7 +87,7 @@ class Daemon:
 
     def start(self, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        err = open(self.stderr_path, "ab")  # noqa: SIM115 - kept open for the child
+        err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -128,7 +129,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"batchd did not stop within {timeout}s:\n{self.stderr()}")
+            raise AssertionError(
+                f"batchd did not stop within {timeout}s:\n{self.stderr()}"
+            ) from None
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -143,10 +146,8 @@ class Daemon:
         # Leave no runner behind between tests.
         for rec in self.agent_runs():
             if rec["event"] == "start":
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(int(rec["pid"]), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
 
     def stderr(self) -> str:
         try:
@@ -262,8 +263,6 @@ class Daemon:
             return []
         out = []
         for line in self.agent_log.read_text().splitlines():
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line cut by a kill
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -49,7 +50,7 @@ def test_json_request_and_arrival_order_across_batches(make_daemon: MakeDaemon) 
     assert runs == ["a1 sleep=0.05", "a2", "b1", "b2"]
     # Never two runners at once: each run ends before the next starts.
     recs = d.agent_runs()
-    for prev, nxt in zip(recs, recs[1:], strict=False):
+    for prev, nxt in itertools.pairwise(recs):
         if prev["event"] == "start":
             assert nxt["event"] == "end" and nxt["pid"] == prev["pid"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -35,10 +36,8 @@ def drain(s: socket.socket, until: Callable[[list[str]], bool], timeout: float =
     msgs: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not until(msgs):
-        try:
+        with contextlib.suppress(TimeoutError):
             msgs.append(s.recv(65536).decode())
-        except TimeoutError:
-            pass
     return msgs
 
 

@@ -5,6 +5,7 @@ The short versions run in CI; ``-m slow`` runs the long ones (50+ kills).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -170,10 +171,8 @@ def kill_storm(d: Daemon, kills: int, seed: int) -> None:
         d.start(env={"BATCHD_FAILPOINTS": point} if point else None, wait=not point)
         if point:
             assert d.proc is not None
-            try:
+            with contextlib.suppress(Exception):
                 d.proc.wait(5)
-            except Exception:
-                pass
             d.kill9()
             d.start()
     assert done == kills
