@@ -1,0 +1,5 @@
+"""``python -m batchctl``."""
+
+from batchctl.cli import main
+
+main()
