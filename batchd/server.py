@@ -433,9 +433,15 @@ async def handle_client(stream: anyio.abc.SocketStream, engine: Engine) -> None:
         try:
             uid = peer_uid(stream)
             if uid is None or uid not in (os.getuid(), 0):
+                log.warning("control: refused a client of uid %s", uid)
                 with anyio.move_on_after(1):
                     msg = f"uid {uid} may not use this daemon (it serves uid {os.getuid()})"
                     await stream.send(error_line(None, E_FORBIDDEN, msg))
+                    # Half-close and drain briefly, so that closing cannot reset the
+                    # connection before the client has read why.
+                    await stream.send_eof()
+                    while len(await stream.receive(4096)) > 0:
+                        pass
                 return
             await Connection(stream, engine).serve()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
