@@ -440,8 +440,9 @@ async def handle_client(stream: anyio.abc.SocketStream, engine: Engine) -> None:
                     # Half-close and drain briefly, so that closing cannot reset the
                     # connection before the client has read why.
                     await stream.send_eof()
-                    while len(await stream.receive(4096)) > 0:
-                        pass
+                    with contextlib.suppress(anyio.EndOfStream):
+                        while await stream.receive(4096):
+                            pass
                 return
             await Connection(stream, engine).serve()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
