@@ -157,7 +157,7 @@ class Batch:
     # --- running ---------------------------------------------------------
 
     def begin(
-        self, *, index: int, now: float, pid: int | None, pid_start_time: int | None, run_id: str
+        self, *, index: int, now: float, pid: int | None, pid_start_time: int | None
     ) -> Attempt:
         """Record that an attempt of ``index`` has started (pid known, or not yet)."""
         s = self.state
@@ -171,7 +171,6 @@ class Batch:
             started_at=stamp,
             pid=pid,
             pid_start_time=pid_start_time,
-            run_id=run_id,
         )
         s.processing_history.append(attempt)
         s.updated_at = stamp

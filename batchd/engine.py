@@ -507,7 +507,7 @@ class Engine:
         retry_changed = batch.retry.next_attempt_at is not None
         batch.clear_retry_wait(now)
         if hook_error is not None:
-            batch.begin(index=index, now=now, pid=None, pid_start_time=None, run_id=run_id)
+            batch.begin(index=index, now=now, pid=None, pid_start_time=None)
             verdict = Verdict(
                 "failed", "transient", sanitize(f"before_feature hook failed: {hook_error}")
             )
@@ -541,9 +541,7 @@ class Engine:
             self.touch()
             return
         failpoints.hit("after_spawn")
-        attempt = batch.begin(
-            index=index, now=now, pid=proc.pid, pid_start_time=proc.start_time, run_id=run_id
-        )
+        attempt = batch.begin(index=index, now=now, pid=proc.pid, pid_start_time=proc.start_time)
         current = Current(batch, index, attempt, proc)
         self.current = current
         self._persist(batch, retry=retry_changed)

@@ -58,7 +58,6 @@ class Attempt(msgspec.Struct, kw_only=True):
     cost_usd: float | None = None
     pid: int | None = None
     pid_start_time: int | None = None
-    run_id: str | None = None
 
 
 class BatchState(msgspec.Struct, kw_only=True):

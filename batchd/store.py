@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -158,6 +158,84 @@ def decode_file(path: Path, kind: type[T]) -> T:
     return msgspec.json.decode(read_nofollow(path), type=kind)
 
 
+# --- encoding big states cheaply -------------------------------------------------------
+
+
+class _Cached:
+    __slots__ = ("features", "features_raw", "history_n", "history_raw")
+
+    def __init__(self, features: list[str]) -> None:
+        self.features = features
+        self.features_raw = _encoder.encode(features)
+        self.history_n = 0
+        self.history_raw = bytearray()
+
+
+_STATE_FIELDS = BatchState.__struct_fields__
+
+
+class _StateOut(msgspec.Struct, kw_only=True):
+    """``BatchState`` with its two big fields as pre-encoded JSON (same field order)."""
+
+    schema_version: int
+    batch_id: str
+    seq: int
+    name: str
+    features_file: str
+    source_sha256: str
+    total_features: int
+    features: msgspec.Raw
+    current_index: int
+    completed_features: list[int]
+    failed_features: list[Any]
+    skipped_features: list[int]
+    context_token_estimate: int
+    status: str
+    pause_reason: str | None
+    issue_numbers: list[int] | None
+    source_type: str
+    cwd: str | None
+    cost_usd: float
+    created_at: str
+    updated_at: str
+    processing_history: msgspec.Raw
+
+
+assert _StateOut.__struct_fields__ == _STATE_FIELDS, "keep _StateOut in step with BatchState"
+
+
+class StateEncoder:
+    """Encode ``BatchState`` to exactly the bytes ``encode`` gives, in time that does not grow
+    with the batch: ``features`` never change after a batch is created and a finished
+    attempt never changes again, so both are encoded once and reused."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, _Cached] = {}
+
+    def encode(self, state: BatchState) -> bytes:
+        c = self._cache.get(state.batch_id)
+        hist = state.processing_history
+        if c is None or c.features is not state.features or len(hist) < c.history_n:
+            c = self._cache[state.batch_id] = _Cached(state.features)
+        i = c.history_n
+        while i < len(hist) and hist[i].outcome is not None:
+            if i:
+                c.history_raw += b","
+            c.history_raw += _encoder.encode(hist[i])
+            i += 1
+        c.history_n = i
+        tail = b",".join(_encoder.encode(a) for a in hist[i:])
+        sep = b"," if i and tail else b""
+        history = b"".join((b"[", c.history_raw, sep, tail, b"]"))
+        fields = {name: getattr(state, name) for name in _STATE_FIELDS}
+        fields["features"] = msgspec.Raw(c.features_raw)
+        fields["processing_history"] = msgspec.Raw(history)
+        return _encoder.encode(_StateOut(**fields))
+
+    def forget(self, batch_id: str) -> None:
+        self._cache.pop(batch_id, None)
+
+
 # --- the state directory ---------------------------------------------------------
 
 
@@ -168,6 +246,7 @@ class Store:
         self.root = state_dir
         self.batches = state_dir / "batches"
         self._lock_fd: int | None = None
+        self._encoder = StateEncoder()
 
     def open(self) -> None:
         """Create the layout (0700) and take the single-instance lock."""
@@ -263,7 +342,7 @@ class Store:
         return bdir
 
     def save_state(self, state: BatchState) -> None:
-        write_durable(self.batch_dir(state.batch_id), STATE, encode(state))
+        write_durable(self.batch_dir(state.batch_id), STATE, self._encoder.encode(state))
 
     def save_retry(self, retry: RetryState) -> None:
         write_durable(self.batch_dir(retry.batch_id), RETRY, encode(retry))
@@ -360,6 +439,7 @@ class Store:
             raise StoreError(f"{bdir} is a symlink")
         shutil.rmtree(bdir)
         fsync_dir(self.batches)
+        self._encoder.forget(batch_id)
 
     def move_in_source(self, src: Path, batch_id: str) -> None:
         """Move an accepted spool file to ``<batch dir>/source`` (copy across filesystems)."""

@@ -207,3 +207,40 @@ def test_bad_batch_ids_never_become_paths(store: Store) -> None:
     for bad in ("../x", "batch-1", "batch-20261124-050653-123456/../../etc", ""):
         with pytest.raises(ValueError):
             store.batch_dir(bad)
+
+
+def test_state_encoder_gives_the_plain_encoding_at_every_step() -> None:
+    """The cached encoder writes byte for byte what msgspec writes, through every transition."""
+    import random
+
+    from batchd.batch import Batch, Settings
+    from batchd.classify import Verdict
+    from batchd.store import StateEncoder, encode
+
+    rng = random.Random(5)
+    state = make_state(n=40)
+    batch = Batch(state, make_retry())
+    enc = StateEncoder()
+    now = 1_800_000_000.0
+    assert enc.encode(batch.state) == encode(batch.state)
+    while not batch.finished:
+        now += 1
+        index = batch.state.current_index
+        batch.begin(index=index, now=now, pid=100 + index, pid_start_time=7)
+        assert enc.encode(batch.state) == encode(batch.state)
+        roll = rng.random()
+        if roll < 0.2:
+            batch.mark_interrupted(now + 0.5, "stopped")
+        else:
+            verdict = Verdict("completed") if roll < 0.7 else Verdict("failed", "transient", "boom")
+            batch.record(
+                verdict,
+                exit_code=0,
+                consent=True,
+                hint_s=None,
+                settings=Settings(),
+                now=now + 0.5,
+                rand=rng.random,
+            )
+        assert enc.encode(batch.state) == encode(batch.state)
+    assert msgspec.json.decode(enc.encode(batch.state), type=BatchState) == batch.state
