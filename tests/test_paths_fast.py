@@ -43,7 +43,7 @@ def test_resolve_socket_reports_bad_config(tmp_path: Path) -> None:
     """A broken config that could name the socket is an error naming the file."""
     cfg = tmp_path / "c.toml"
     cfg.write_text("socket = [1\n")
-    with pytest.raises(ConfigError, match="c.toml"):
+    with pytest.raises(ConfigError, match=r"c\.toml"):
         resolve_socket({"BATCHD_CONFIG": str(cfg)})
     cfg.write_text("socket = 3\n")
     with pytest.raises(ConfigError, match="socket"):
