@@ -141,9 +141,10 @@ def _describe(e: msgspec.ValidationError) -> str:
     text = str(e)
     head, sep, tail = text.rpartition(" - at ")
     if not sep:
-        return text
-    m = _PATH_RE.match(tail)
-    key = m.group(1) if m else tail
+        head, key = text, ""  # an error at the top level of the file
+    else:
+        m = _PATH_RE.match(tail)
+        key = m.group(1) if m else tail
     if "Object contains unknown field" in head:
         field = re.search(r"`([^`]*)`", head)
         name = field.group(1) if field else "?"
