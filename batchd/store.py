@@ -395,7 +395,11 @@ class Store:
             if state.batch_id != batch_id:
                 raise msgspec.ValidationError(f"batch_id {state.batch_id!r} != directory name")
         except FileNotFoundError:
-            # Created but never written (killed inside create_batch): nothing was accepted.
+            if not os.path.lexists(bdir / SOURCE):
+                # Killed inside create_batch: nothing was accepted (the spool file is still
+                # in the spool and becomes a batch again), so the half-made directory goes.
+                shutil.rmtree(bdir, ignore_errors=True)
+                return None
             problems.append(Problem("incomplete_batch", f"{bdir} has no {STATE}", batch_id))
             return None
         except (msgspec.DecodeError, StoreError, OSError) as e:

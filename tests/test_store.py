@@ -244,3 +244,12 @@ def test_state_encoder_gives_the_plain_encoding_at_every_step() -> None:
             )
         assert enc.encode(batch.state) == encode(batch.state)
     assert msgspec.json.decode(enc.encode(batch.state), type=BatchState) == batch.state
+
+
+def test_half_created_batch_dir_is_removed(store: Store) -> None:
+    """A batch dir without state.json and without source (killed mid-create) is cleaned away."""
+    bdir = store.batches / "batch-20261124-050653-000009"
+    (bdir / "logs").mkdir(parents=True)
+    (bdir / "retry_state.json").write_text("{}")
+    found, problems = store.load_batches()
+    assert found == [] and problems == [] and not bdir.exists()
