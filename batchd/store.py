@@ -403,16 +403,7 @@ class Store:
             problems.append(Problem("incomplete_batch", f"{bdir} has no {STATE}", batch_id))
             return None
         except (msgspec.DecodeError, StoreError, OSError) as e:
-            moved = ""
-            if path.exists() and not path.is_symlink():
-                moved = f"; moved to {self.quarantine(path).name}"
-            problems.append(
-                Problem(
-                    "corrupt_state",
-                    f"{path}: cannot be read ({e}){moved}; the batch is left out",
-                    batch_id,
-                )
-            )
+            problems.append(self._unreadable(path, e, "the batch is left out", batch_id))
             return None
         try:
             retry = decode_file(bdir / RETRY, RetryState)
@@ -421,21 +412,21 @@ class Store:
                 batch_id=batch_id, created_at=state.created_at, updated_at=state.updated_at
             )
         except (msgspec.DecodeError, StoreError, OSError) as e:
-            moved = ""
-            rpath = bdir / RETRY
-            if rpath.exists() and not rpath.is_symlink():
-                moved = f"; moved to {self.quarantine(rpath).name}"
-            problems.append(
-                Problem(
-                    "corrupt_state",
-                    f"{rpath}: cannot be read ({e}){moved}; retry counters start again at 0",
-                    batch_id,
-                )
-            )
+            what = "retry counters start again at 0"
+            problems.append(self._unreadable(bdir / RETRY, e, what, batch_id))
             retry = RetryState(
                 batch_id=batch_id, created_at=state.created_at, updated_at=state.updated_at
             )
         return state, retry
+
+    def _unreadable(self, path: Path, error: Exception, effect: str, batch_id: str) -> Problem:
+        """Quarantine an unreadable state file (never through a symlink) and describe it."""
+        moved = ""
+        if path.exists() and not path.is_symlink():
+            moved = f"; moved to {self.quarantine(path).name}"
+        return Problem(
+            "corrupt_state", f"{path}: cannot be read ({error}){moved}; {effect}", batch_id
+        )
 
     def remove_batch(self, batch_id: str) -> None:
         bdir = self.batch_dir(batch_id)

@@ -398,17 +398,24 @@ def bench_tsp(mode: Mode, root: Path) -> dict[str, Any] | None:
         )
         # Pickup: enqueue returns -> job starts.
         marks = root / "starts.txt"
-        lat = []
-        for i in range(mode.pickup_samples):
-            run("sh", "-c", f"date +%s.%N >> {marks}")
-            returned = time.time()
-            while not marks.exists() or len(marks.read_text().split()) <= i:
-                time.sleep(0.001)
-            lat.append((float(marks.read_text().split()[i]) - returned) * 1000)
-        out["pickup_p50_ms"] = round(statistics.median(lat), 1)
+        out["pickup_p50_ms"] = peer_pickup(
+            lambda: run("sh", "-c", f"date +%s.%N >> {marks}"), marks, mode.pickup_samples
+        )
     finally:
         subprocess.run([tsp, "-K"], env=env, capture_output=True)
     return out
+
+
+def peer_pickup(enqueue: Any, marks: Path, samples: int) -> float:
+    """Median ms from an enqueue command returning to its job writing a timestamp."""
+    lat = []
+    for i in range(samples):
+        enqueue()
+        returned = time.time()
+        while not marks.exists() or len(marks.read_text().split()) <= i:
+            time.sleep(0.001)
+        lat.append((float(marks.read_text().split()[i]) - returned) * 1000)
+    return round(statistics.median(lat), 1)
 
 
 def _find_tsp_server(sock: str) -> int | None:
@@ -451,16 +458,12 @@ def bench_nq(mode: Mode, root: Path) -> dict[str, Any] | None:
     out["status_p50_ms"] = out["status_p99_ms"] = None  # nq has no status command over a queue
     out["idle_rss_mb"] = out["idle_cpu_pct"] = None  # no server process
     marks = root / "starts.txt"
-    lat = []
-    for i in range(mode.pickup_samples):
-        subprocess.run(
-            [nq, "sh", "-c", f"date +%s.%N >> {marks}"], env=env, capture_output=True, check=True
-        )
-        returned = time.time()
-        while not marks.exists() or len(marks.read_text().split()) <= i:
-            time.sleep(0.001)
-        lat.append((float(marks.read_text().split()[i]) - returned) * 1000)
-    out["pickup_p50_ms"] = round(statistics.median(lat), 1)
+    enqueue = [nq, "sh", "-c", f"date +%s.%N >> {marks}"]
+    out["pickup_p50_ms"] = peer_pickup(
+        lambda: subprocess.run(enqueue, env=env, capture_output=True, check=True),
+        marks,
+        mode.pickup_samples,
+    )
     return out
 
 
