@@ -40,3 +40,12 @@ def test_every_key_is_documented() -> None:
     for section, value in real.items():
         if isinstance(value, dict):
             assert set(doc[section]) == set(value), section
+
+
+def test_example_config_is_valid() -> None:
+    """examples/config.toml loads without an error."""
+    from batchd.config import load_config
+
+    path = README.parent / "examples" / "config.toml"
+    cfg = load_config({"BATCHD_CONFIG": str(path), "HOME": "/home/someone"})
+    assert cfg.runner.output_format == "claude-json"
