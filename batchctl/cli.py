@@ -47,6 +47,7 @@ MAX_ISSUES = 100
 TITLE_MAX = 200
 WIDTH = 80
 HOW_TO_START = "start it with `batchd` in a terminal, or `systemctl --user start batchd`"
+FINISHED = ("completed", "failed", "cancelled")
 
 
 class Failure(Exception):
@@ -73,12 +74,12 @@ def connect(path: Path, timeout: float | None) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
         s.close()
         die(
-            f"batchd is not running: nothing listens on {path} ({e.strerror}); {HOW_TO_START}",
+            f"batchd is not running: nothing listens on {path} ({e.strerror})\n  {HOW_TO_START}",
             EXIT_DOWN,
         )
     except OSError as e:
         s.close()
-        die(f"cannot connect to batchd at {path}: {e.strerror or e}; {HOW_TO_START}", EXIT_DOWN)
+        die(f"cannot connect to batchd at {path}: {e.strerror or e}\n  {HOW_TO_START}", EXIT_DOWN)
     s.settimeout(timeout)
     return s
 
@@ -252,7 +253,7 @@ def wrap(text: object, first: str, indent: str = "    ", max_lines: int = 4) -> 
 def money(value: object) -> str:
     if not isinstance(value, int | float) or not value:
         return "-"
-    return f"${value:.2f}" if value >= 0.995 else f"${value:.4f}"
+    return f"${value:.2f}" if value >= 0.01 else f"${value:.4f}"
 
 
 def tokens(value: int) -> str:
@@ -275,8 +276,10 @@ def format_status(st: dict[str, Any], now: float) -> str:
         f"up {human_duration(d.get('uptime_s'))}"
     ]
     if st.get("queue_paused"):
-        out += wrap(st.get("pause_reason") or "no reason given", "queue: PAUSED: ")
-        out.append("  resume it with `batchctl resume --all`")
+        reason = str(st.get("pause_reason") or "no reason given")
+        out += wrap(reason, "queue: PAUSED: ", max_lines=8)
+        if "resume" not in reason:
+            out.append("    resume it with `batchctl resume --all`")
     else:
         out.append("queue: running")
     if st.get("retry_enabled"):
@@ -304,11 +307,11 @@ def current_lines(st: dict[str, Any], now: float) -> list[str]:
         idx, total = cur.get("feature_index", 0), cur.get("total_features", "?")
         return [
             cut(
-                f"running: {cur['batch_id']} feature {idx + 1}/{total} (index {idx}), "
+                f"running: {cur['batch_id']} feature {idx + 1}/{total}, "
                 f"attempt {cur.get('attempt', '?')}, {since(cur.get('started_at'), now)}",
                 WIDTH,
             ),
-            "  " + cut(cur.get("feature", ""), WIDTH - 2),
+            cut(f"  #{idx}: {printable(cur.get('feature', ''))}", WIDTH),
         ]
     if st.get("next_retry_at"):
         w = st.get("waiting") or {}
@@ -316,8 +319,8 @@ def current_lines(st: dict[str, Any], now: float) -> list[str]:
         left = parse_ts(at)
         return [
             cut(
-                f"waiting: retry of {w.get('batch_id', '?')} index {w.get('feature_index', '?')} "
-                f"(attempt {w.get('attempt', '?')}) at {local_time(at, now)} "
+                f"waiting: {w.get('batch_id', '?')} index {w.get('feature_index', '?')}, "
+                f"attempt {w.get('attempt', '?')} at {local_time(at, now)} "
                 f"(in {human_duration(None if left is None else left - now)})",
                 WIDTH,
             )
@@ -332,7 +335,7 @@ def batch_table(batches: list[dict[str, Any]], now: float) -> list[str]:
         rows.append(
             f"{cut(b['batch_id'], 28):<28} {cut(b.get('status', '?'), 11):<11} {counts:>15} "
             f"{money(b.get('cost_usd')):>8} {'OPEN' if b.get('circuit_breaker_open') else 'ok':<4} "
-            f"{human_duration(b.get('eta_s'))}"
+            f"{'-' if b.get('status') in FINISHED else human_duration(b.get('eta_s'))}"
         )
         if b.get("status") == "paused" and b.get("pause_reason"):
             rows += wrap(b["pause_reason"], "  paused: ")
@@ -386,8 +389,8 @@ def format_show(result: dict[str, Any], now: float) -> str:
         f"features: {b.get('total_features')}: {b.get('completed', 0)} completed, "
         f"{b.get('failed', 0)} failed, {b.get('skipped', 0)} skipped",
         f"retries: {r.get('global_retry_count', 0)} so far; breaker "
-        f"{'OPEN' if r.get('circuit_breaker_open') else 'closed'} "
-        f"({r.get('consecutive_failures', 0)} failures in a row)",
+        f"{'OPEN' if r.get('circuit_breaker_open') else 'closed'}, "
+        f"consecutive failures: {r.get('consecutive_failures', 0)}",
     ]
     if r.get("next_attempt_at"):
         out.append(f"next attempt at {local_time(r['next_attempt_at'], now)}")
@@ -455,9 +458,10 @@ def progress_line(st: dict[str, Any], now: float) -> str:
         return cut(
             f"waiting {wait} to retry {w.get('batch_id')} index {w.get('feature_index')}", WIDTH - 1
         )
-    done = ("completed", "failed", "cancelled")
-    left_n = sum(1 for b in st.get("batches") or [] if b.get("status") not in done)
-    return f"idle ({left_n} unfinished batches)" if left_n else "idle (nothing queued)"
+    left_n = sum(1 for b in st.get("batches") or [] if b.get("status") not in FINISHED)
+    if not left_n:
+        return "idle (nothing queued)"
+    return f"idle ({left_n} unfinished {'batch' if left_n == 1 else 'batches'})"
 
 
 def describe(cmd: str, r: dict[str, Any]) -> str:
@@ -470,14 +474,16 @@ def describe(cmd: str, r: dict[str, Any]) -> str:
         )
         return f"paused {r.get('batch_id') or 'the queue'}{stopped}"
     if cmd == "resume":
-        text = "resumed " + (", ".join(r.get("resumed") or []) or "(no paused batch)")
-        return text + ("; the queue is still paused" if r.get("queue_paused") else "")
+        ids = ", ".join(r.get("resumed") or [])
+        queue = "the queue is still paused" if r.get("queue_paused") else "the queue runs"
+        return f"resumed {ids}; {queue}" if ids else f"no batch was paused; {queue}"
     if cmd == "cancel":
         stopped = "; its running feature was stopped" if r.get("stopped_running") else ""
         return f"cancelled {r.get('batch_id')}{stopped}"
     if cmd == "retry":
-        again = ", ".join(str(i) for i in r.get("requeued") or [])
-        what = f"features {again} will run again" if again else "no failed features to run again"
+        again = [str(i) for i in r.get("requeued") or []]
+        noun = "feature" if len(again) == 1 else "features"
+        what = f"{noun} {', '.join(again)} will run again" if again else "no failed feature to run"
         return f"{r.get('batch_id')}: {what} (status {r.get('status')})"
     if cmd == "skip":
         return f"{r.get('batch_id')}: feature {r.get('index')} skipped (status {r.get('status')})"
@@ -485,7 +491,8 @@ def describe(cmd: str, r: dict[str, Any]) -> str:
         return f"{r.get('batch_id')}: circuit breaker closed"
     if cmd == "prune":
         removed = r.get("removed") or []
-        return "\n".join([f"removed {len(removed)} finished batches", *removed])
+        noun = "batch" if len(removed) == 1 else "batches"
+        return "\n".join([f"removed {len(removed)} finished {noun}", *(f"  {b}" for b in removed)])
     return json.dumps(r, ensure_ascii=False)
 
 
@@ -907,10 +914,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"queued {len(request['features'])} features: {written}")
     if not running:
-        print(
-            "batchd is not running; the batch starts when it does "
-            f"({HOW_TO_START.removeprefix('start it with ')})"
-        )
+        print(f"batchd is not running; the batch starts when it does:\n  {HOW_TO_START}")
     return EXIT_OK
 
 
@@ -1037,10 +1041,8 @@ def cmd_consent(args: argparse.Namespace, paths: Paths) -> int:
                 {"retry_enabled": value, "source": source, "path": str(user_state_path(paths))}
             )
         elif value is None:
-            print(
-                f"automatic retry: not set, so off ({source}); "
-                "`batchctl consent --enable` turns it on"
-            )
+            print(f"automatic retry: not set, so off ({source})")
+            print("`batchctl consent --enable` turns it on")
         else:
             print(f"automatic retry: {'enabled' if value else 'disabled'} ({source})")
         return EXIT_OK
