@@ -149,7 +149,7 @@ def run_on_pty(
     )
     os.close(slave)
     out = b""
-    acted = False
+    acted = 0.0  # when the prompt was answered or interrupted
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -157,6 +157,11 @@ def run_on_pty(
             if not ready:
                 if proc.poll() is not None:
                     break
+                if interrupt and acted and time.monotonic() - acted > 0.5:
+                    # A SIGINT that lands between the prompt and the read() is only seen at
+                    # the next signal (a CPython input() race): send it again.
+                    proc.send_signal(signal.SIGINT)
+                    acted = time.monotonic()
                 continue
             try:
                 chunk = os.read(master, 4096)
@@ -166,7 +171,7 @@ def run_on_pty(
                 break
             out += chunk
             if not acted and b"[y/N]" in out:
-                acted = True
+                acted = time.monotonic()
                 if interrupt:
                     proc.send_signal(signal.SIGINT)
                 elif answer is not None:
