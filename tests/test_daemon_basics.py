@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -209,3 +210,22 @@ def test_state_files_are_private(make_daemon: MakeDaemon) -> None:
     for p in [bdir / "state.json", bdir / "retry_state.json", bdir / "logs" / "0.1.log", d.socket]:
         assert os.stat(p).st_mode & 0o777 == 0o600, p
     assert json.loads((d.state / "daemon.json").read_text())["next_seq"] == 2
+
+
+def test_log_cap_keeps_head_and_tail(make_daemon: MakeDaemon) -> None:
+    """Past max_log_bytes the attempt log keeps the first and last halves with a marker."""
+    code = "import sys\nfor i in range(60000): sys.stdout.write(f'line {i:06d}\\n')\n"
+    d = make_daemon(runner=[sys.executable, "-c", code], config="")
+    d.config_path.write_text(
+        d.config_path.read_text().replace(
+            "kill_grace = 2\n", "kill_grace = 2\nmax_log_bytes = 65536\n"
+        )
+    )
+    d.start()
+    d.drop("big.txt", ["talk a lot"])
+    [state] = d.wait_finished(1)
+    log = (d.state / "batches" / state["batch_id"] / "logs" / "0.1.log").read_text()
+    assert log.startswith("line 000000\n") and log.endswith("line 059999\n")
+    assert "bytes omitted here" in log
+    assert 65536 <= len(log) <= 65536 + 200
+    assert state["context_token_estimate"] == 60000 * 12 // 4
