@@ -317,6 +317,7 @@ class RunningProcess:
         self.stdout = _Tail(launch.tail_caps[0])
         self.stderr = _Tail(launch.tail_caps[1])
         self._stop = anyio.Event()
+        self._stop_scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
         assert proc.stdout is not None and proc.stderr is not None
         self._fds = [proc.stdout.fileno(), proc.stderr.fileno()]
@@ -328,6 +329,8 @@ class RunningProcess:
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
 
     async def _pump(self, fd: int, tail: _Tail, done: anyio.Event) -> None:
         try:
@@ -385,19 +388,13 @@ class RunningProcess:
     async def _wait_exit_or_stop(self) -> bool:
         """True when the timeout fired; returns on exit, timeout or stop."""
         timeout = self.launch.timeout if self.launch.timeout > 0 else math.inf
-        timed_out = True
-        with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
-
-                async def on_stop() -> None:
-                    await self._stop.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(on_stop)
+        with anyio.CancelScope() as self._stop_scope:
+            if self._stop.is_set():
+                self._stop_scope.cancel()
+            with anyio.move_on_after(timeout) as deadline:
                 await self._wait_exit()
-                tg.cancel_scope.cancel()
-            timed_out = False
-        return timed_out and not self._stop.is_set()
+            return deadline.cancelled_caught
+        return False  # stopped
 
     def _close(self) -> None:
         if self.proc.returncode is None:
