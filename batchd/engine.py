@@ -126,6 +126,7 @@ class Engine:
         self.user = UserState()
         self.problems: list[Problem] = []
         self.current: Current | None = None
+        self._hook_proc: runner.RunningProcess | None = None
         self.stopping = False
         self.version = 0
         self.changed = anyio.Event()
@@ -442,6 +443,8 @@ class Engine:
         self.stopping = True
         if self.current is not None:
             self.current.proc.stop("daemon stopping")
+        if self._hook_proc is not None:  # a hook must not hold up the stop past TimeoutStopSec
+            self._hook_proc.stop("daemon stopping")
         self._wake.set()
 
     def _status_line(self, waiting: Batch | None = None) -> None:
@@ -696,8 +699,16 @@ class Engine:
         except runner.SpawnError as e:
             log.error("hook %s: %s", name, e.message)
             return e.message
-        with anyio.CancelScope(shield=self.stopping):
+        self._hook_proc = proc
+        if self.stopping:
+            proc.stop("daemon stopping")
+        try:
             raw = await proc.wait()
+        finally:
+            self._hook_proc = None
+        if raw.interrupted:
+            log.warning("hook %s: stopped because the daemon is stopping", name)
+            return "stopped because the daemon is stopping"
         if raw.exit_code == 0:
             log.debug("hook %s: ok", name)
             return None

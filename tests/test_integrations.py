@@ -200,3 +200,15 @@ def test_cost_cap_pauses_then_raising_it_continues(make_daemon: MakeDaemon) -> N
     d.ok("resume", batch_id=item["batch_id"])
     [state] = d.wait_finished(1)
     assert state["status"] == "completed" and abs(state["cost_usd"] - 2.0) < 1e-9
+
+
+def test_sigterm_stops_a_hanging_hook_at_once(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    """A hook that hangs does not hold up a clean stop: SIGTERM ends it and exits 0 quickly."""
+    hang = hook_script(tmp_path, "hang", "import time; time.sleep(60)\n")
+    d = make_daemon(config=f"[hooks]\ntimeout = 60\non_batch_done = {json.dumps(hang)}\n")
+    d.start()
+    d.drop("h.txt", ["one"])
+    d.wait_for(lambda: records(tmp_path, "hang"), what="the hook to start")
+    t0 = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - t0 < 10
