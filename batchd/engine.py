@@ -127,6 +127,7 @@ class Engine:
         self.problems: list[Problem] = []
         self.current: Current | None = None
         self._hook_proc: runner.RunningProcess | None = None
+        self._done_queue: list[Batch] = []
         self.stopping = False
         self.version = 0
         self.changed = anyio.Event()
@@ -412,6 +413,8 @@ class Engine:
         """Run features until ``stop()``; returns with nothing running."""
         while not self.stopping:
             wake = self._wake
+            while self._done_queue and not self.stopping:
+                await self._batch_done(self._done_queue.pop(0))
             if self._write_error:
                 if not self._flush():
                     await self._sleep(wake, time.time() + 2.0)
@@ -663,6 +666,12 @@ class Engine:
             BATCHD_CONSECUTIVE_FAILURES=str(batch.retry.consecutive_failures),
         )
 
+    def _announce_done(self, batch: Batch) -> None:
+        """A command ended a batch: its on_batch_done hook runs from the queue loop, so the
+        command's reply does not wait for the hook."""
+        self._done_queue.append(batch)
+        self.touch()
+
     async def _batch_done(self, batch: Batch) -> None:
         s = batch.state
         log.info(
@@ -840,7 +849,7 @@ class Engine:
         log.info("%s: cancelled by the user", batch_id)
         self.touch()
         stopped = await self._stop_current("cancelled by the user", batch)
-        await self._batch_done(batch)
+        self._announce_done(batch)
         return {"batch_id": batch_id, "status": batch.state.status, "stopped_running": stopped}
 
     def retry(self, batch_id: str) -> dict[str, Any]:
@@ -860,7 +869,7 @@ class Engine:
         log.info("%s: feature %d skipped by the user", batch_id, index)
         self.touch()
         if finished:
-            await self._batch_done(batch)
+            self._announce_done(batch)
         return {"batch_id": batch_id, "index": index, "status": batch.state.status}
 
     def reset_breaker(self, batch_id: str) -> dict[str, Any]:

@@ -212,3 +212,19 @@ def test_sigterm_stops_a_hanging_hook_at_once(make_daemon: MakeDaemon, tmp_path:
     t0 = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - t0 < 10
+
+
+def test_cancel_replies_without_waiting_for_the_done_hook(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    """cancel replies at once; on_batch_done (slow here) runs afterwards from the queue loop."""
+    slow = hook_script(tmp_path, "slow", "import time; time.sleep(3)\n")
+    d = make_daemon(config=f"[hooks]\non_batch_done = {json.dumps(slow)}\n")
+    d.start()
+    d.ok("pause")
+    d.drop("c.txt", ["never"])
+    d.wait_for(lambda: d.batch_states(), what="batch")
+    bid = d.batch_states()[0]["batch_id"]
+    t0 = time.monotonic()
+    assert d.ok("cancel", batch_id=bid)["status"] == "cancelled"
+    assert time.monotonic() - t0 < 2
+    [done] = d.wait_for(lambda: records(tmp_path, "slow"), what="the hook")
+    assert done["BATCHD_STATUS"] == "cancelled" and done["BATCHD_BATCH_ID"] == bid
