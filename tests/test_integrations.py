@@ -214,7 +214,9 @@ def test_sigterm_stops_a_hanging_hook_at_once(make_daemon: MakeDaemon, tmp_path:
     assert time.monotonic() - t0 < 10
 
 
-def test_cancel_replies_without_waiting_for_the_done_hook(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+def test_cancel_replies_without_waiting_for_the_done_hook(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
     """cancel replies at once; on_batch_done (slow here) runs afterwards from the queue loop."""
     slow = hook_script(tmp_path, "slow", "import time; time.sleep(3)\n")
     d = make_daemon(config=f"[hooks]\non_batch_done = {json.dumps(slow)}\n")
