@@ -15,6 +15,7 @@ No IO, no clocks: ``now`` is passed in.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,13 +38,15 @@ _ANSI_RE = re.compile(
 )
 _WHITESPACE_CTRL_RE = re.compile(r"[\r\n\t]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A token prefix counts only at the start of a word: "disk-usage-monitoring" is not "sk-...".
+_START = r"(?<![A-Za-z0-9])"
 _SECRET_RES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"github_pat_[A-Za-z0-9_]{10,}"), REDACTED),
-    (re.compile(r"gh[pousr]_[A-Za-z0-9]{10,}"), REDACTED),
-    (re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"), REDACTED),
-    (re.compile(r"sk-[A-Za-z0-9_\-]{16,}"), REDACTED),
-    (re.compile(r"(?:AKIA|ASIA)[0-9A-Z]{16}"), REDACTED),
-    (re.compile(r"xox[abprs]-[A-Za-z0-9\-]{10,}"), REDACTED),
+    (re.compile(_START + r"github_pat_[A-Za-z0-9_]{10,}"), REDACTED),
+    (re.compile(_START + r"gh[pousr]_[A-Za-z0-9]{10,}"), REDACTED),
+    (re.compile(_START + r"sk-ant-[A-Za-z0-9_\-]{8,}"), REDACTED),
+    (re.compile(_START + r"sk-[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(_START + r"(?:AKIA|ASIA)[0-9A-Z]{16}"), REDACTED),
+    (re.compile(_START + r"xox[abprs]-[A-Za-z0-9\-]{10,}"), REDACTED),
     (re.compile(r"(?i)(bearer)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
     (
         re.compile(r"(?i)((?:password|passwd|api[_-]?key|secret|token)\s*[=:]\s*)[^\s,;'\"]+"),
@@ -65,6 +68,9 @@ def redact(text: str) -> str:
 
 def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """Make runner-derived text safe for logs, state, audit and replies."""
+    # Redact before stripping escapes too: an escape sequence swallows the character
+    # after it, which could be the first of a secret and leave the rest unrecognised.
+    text = redact(text)
     text = _ANSI_RE.sub("", text)
     text = _WHITESPACE_CTRL_RE.sub(" ", text)
     text = _CONTROL_RE.sub("", text)
@@ -119,7 +125,6 @@ def parse_claude_result(stdout_tail: bytes) -> ClaudeResult | None:
                 "cache_read_input_tokens",
             )
         )
-    cost = obj.get("total_cost_usd")
     text = obj.get("result")
     if not isinstance(text, str):
         text = str(obj.get("subtype") or "")
@@ -127,10 +132,19 @@ def parse_claude_result(stdout_tail: bytes) -> ClaudeResult | None:
         is_error=obj.get("is_error") is True,
         text=text,
         tokens=tokens,
-        cost_usd=float(cost)
-        if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0
-        else None,
+        cost_usd=_as_cost(obj.get("total_cost_usd")),
     )
+
+
+def _as_cost(v: Any) -> float | None:
+    """A finite, non-negative cost, else None (a huge int or Infinity must not reach state)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        cost = float(v)
+    except OverflowError:
+        return None
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
 # --- classification ---------------------------------------------------------

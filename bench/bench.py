@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""batchd benchmark, side by side with task-spooler (tsp) and nq. See bench/README.md.
+"""batchd benchmark, side by side with task-spooler (tsp) and nq. Method: bench/README.md.
 
-    python bench/bench.py --quick            # under 2 minutes, what CI runs
-    python bench/bench.py --json out.json    # full mode
+    python bench/bench.py --quick                 # under 2 minutes; what CI runs
+    python bench/bench.py --json results.json     # full mode
+    python bench/bench.py --profile daemon.prof   # cProfile of the daemon over one drain
 
-It never fails on a ratio: exit 0 when the measurements ran, non-zero only
-when the benchmark itself broke.
+Standard library and the project only. Exit 0 when the measurements ran, whatever the
+ratios say; non-zero only when the benchmark itself broke.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import pstats
 import shutil
 import signal
 import socket
@@ -22,145 +25,312 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+Result = dict[str, Any]
+MARK_VAR = "BATCHD_BENCH_MARK"  # every process the bench starts carries it: see reap()
+FINISHED = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
 class Mode:
     name: str
-    drain_n: int
-    status_queued: int
+    drain_n: int  # features (jobs) drained for throughput
+    strace_n: int  # features drained under strace for the fsync count
+    status_queued: int  # features queued while status is timed
     status_samples: int
     pickup_samples: int
     idle_s: float
-    strace_n: int
+    save_writes: int  # timed durable writes per batch size
 
 
-QUICK = Mode("quick", 300, 1000, 40, 8, 10.0, 60)
-FULL = Mode("full", 1000, 10000, 200, 30, 30.0, 200)
+QUICK = Mode("quick", 300, 60, 1_000, 50, 10, 10.0, 200)
+FULL = Mode("full", 1_000, 200, 10_000, 200, 30, 30.0, 200)
+TSP_QUEUE_MAX = 980  # tsp blocks an enqueue past ~993 waiting jobs (TS_MAXCONN, 1000)
+
+
+# --- small helpers ------------------------------------------------------------------------
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-th percentile, nearest rank."""
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
 
 
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def r(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def parse_iso(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 def cpu_ticks(pid: int) -> int:
     raw = Path(f"/proc/{pid}/stat").read_bytes()
     fields = raw[raw.rfind(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
 
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def idle_usage(pid: int, seconds: float) -> tuple[float, float]:
+def idle_usage(pids: dict[str, int], seconds: float) -> dict[str, tuple[float, float]]:
+    """RSS (MB, at the end) and CPU % (utime+stime over the window) of idle processes,
+    all measured over the same window."""
     hz = os.sysconf("SC_CLK_TCK")
-    a = cpu_ticks(pid)
+    before = {k: cpu_ticks(p) for k, p in pids.items()}
     time.sleep(seconds)
-    b = cpu_ticks(pid)
-    return round(rss_mb(pid), 1), round((b - a) / hz / seconds * 100, 3)
+    return {
+        k: (round(rss_mb(p), 1), round((cpu_ticks(p) - before[k]) / hz / seconds * 100, 2))
+        for k, p in pids.items()
+    }
 
 
-# --- batchd ---------------------------------------------------------------------------------
+def child_env(mark: str, **extra: str) -> dict[str, str]:
+    """A clean environment for a child: nothing of ours, of systemd's or a user's tsp/nq."""
+    drop = ("BATCHD_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "TS_", "NQDIR", "PYTHONDONTWRITE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env[MARK_VAR] = mark
+    env.update(extra)
+    return env
 
 
-class Batchd:
-    def __init__(self, root: Path, backend: str, runner: list[str], max_features: int) -> None:
+def reap(mark: str) -> list[int]:
+    """SIGKILL every process still carrying this run's mark (a job tsp -K left running,
+    a queued nq job, a runner); returns their pids. Only ours: the mark is our temp dir."""
+    entry = f"{MARK_VAR}={mark}".encode()
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            env = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:
+            continue
+        if entry in env.split(b"\0"):
+            found.append(int(name))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def timed_runs(argvs: dict[str, list[str]], env: dict[str, str], n: int) -> dict[str, list[float]]:
+    """Wall time (ms) of each command, n times, the commands interleaved so that drift on
+    the machine hits them alike. Two untimed warm-up runs each."""
+    out: dict[str, list[float]] = {k: [] for k in argvs}
+    for i in range(n + 2):
+        for key, argv in argvs.items():
+            t = time.perf_counter()
+            subprocess.run(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True
+            )
+            if i >= 2:
+                out[key].append(ms(time.perf_counter() - t))
+    return out
+
+
+def wait_marks(path: Path, count: int, what: str) -> list[float]:
+    """Wait (polling every ms) until the timestamp file holds ``count`` lines."""
+    found: list[float] = []
+
+    def enough() -> bool:
+        found[:] = read_marks(path)
+        return len(found) >= count
+
+    wait_for(enough, 30, what, 0.001)
+    return found
+
+
+def read_marks(path: Path) -> list[float]:
+    try:
+        return [float(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def strace_count(log: Path) -> int:
+    """fsync + fdatasync calls in a ``strace -c`` summary."""
+    calls = 0
+    for line in log.read_text().splitlines():
+        parts = line.split()  # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(parts) >= 5 and parts[-1] in ("fsync", "fdatasync") and parts[3].isdigit():
+            calls += int(parts[3])
+    return calls
+
+
+def features_for(n: int, tag: str = "") -> list[str]:
+    """Realistic feature text, about 60 characters each."""
+    return [
+        f"Add retry with backoff to the export job of tenant {i:05d}{tag} (#{1000 + i})"
+        for i in range(n)
+    ]
+
+
+# --- batchd -------------------------------------------------------------------------------
+
+
+def venv_bin(name: str) -> str:
+    """A console script of the interpreter running the bench (the venv), else PATH's."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH")
+    return found
+
+
+class Daemon:
+    """One real ``batchd`` (the console script) in a private directory."""
+
+    def __init__(
+        self,
+        root: Path,
+        mark: str,
+        backend: str,
+        runner: list[str],
+        max_features: int,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True)
+        (root / "run").mkdir(mode=0o700)
         self.sock = root / "run" / "batchd.sock"
         self.spool = root / "spool"
         self.state = root / "state"
         cfg = root / "config.toml"
         cfg.write_text(
             f"[runner]\ncommand = {json.dumps(runner)}\ncwd = {json.dumps(str(root))}\n"
-            f"[spool]\nmax_features = {max_features}\nmax_file_bytes = 67108864\n"
+            f"[spool]\nmax_features = {max_features}\nmax_file_bytes = {64 << 20}\n"
         )
-        bindir = Path(sys.executable).parent
-        self.batchd = str(bindir / "batchd") if (bindir / "batchd").exists() else None
-        self.batchctl = str(bindir / "batchctl")
-        self.env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("BATCHD_", "NOTIFY_SOCKET"))
-            },
-            "BATCHD_CONFIG": str(cfg),
-            "BATCHD_SPOOL_DIR": str(self.spool),
-            "BATCHD_STATE_DIR": str(self.state),
-            "BATCHD_SOCKET": str(self.sock),
-        }
-        argv = [self.batchd] if self.batchd else [sys.executable, "-m", "batchd"]
-        self.proc = subprocess.Popen(
-            [*argv, "--backend", backend, "--log-level", "warning"],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(root / "daemon.log", "wb"),  # noqa: SIM115 - the child keeps it
+        self.env = child_env(
+            mark,
+            BATCHD_CONFIG=str(cfg),
+            BATCHD_SPOOL_DIR=str(self.spool),
+            BATCHD_STATE_DIR=str(self.state),
+            BATCHD_SOCKET=str(self.sock),
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.call("ping")
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError((root / "daemon.log").read_text()) from None
-                time.sleep(0.02)
+        self.batchctl = venv_bin("batchctl")
+        argv = prefix or [venv_bin("batchd")]
+        # The daemon's own defaults (log level info), its log to a file as under systemd.
+        with open(root / "daemon.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [*argv, "--backend", backend],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        self.pid = self.proc.pid
+        wait_for(self._up, 60, "batchd to answer on its socket")
+        self.start_rss_mb = round(rss_mb(self.pid), 1)
+        self._n = 0
 
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"batchd exited at start:\n{self.log_tail()}")
+        try:
+            self.call("ping")
+        except OSError:
+            return False
+        return True
+
+    def log_tail(self) -> str:
+        return (self.root / "daemon.log").read_text(errors="replace")[-3000:]
+
+    def call(self, cmd: str, **args: Any) -> Result:
         with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(60)
+            s.settimeout(120)
             s.connect(str(self.sock))
             s.sendall(json.dumps({"v": 1, "id": 1, "cmd": cmd, "args": args}).encode() + b"\n")
-            f = s.makefile("rb")
-            reply: dict[str, Any] = json.loads(f.readline())
-            f.close()
+            with s.makefile("rb") as f:
+                reply: Result = json.loads(f.readline())
         if not reply.get("ok"):
-            raise RuntimeError(reply)
-        result: dict[str, Any] = reply["result"]
+            raise RuntimeError(f"batchd {cmd}: {reply}")
+        result: Result = reply["result"]
         return result
 
-    def drop(self, features: list[str]) -> None:
-        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = f"b{time.monotonic_ns()}.json"
-        tmp = self.spool / f".{name}.tmp"
-        tmp.write_text(json.dumps({"features": features}))
-        os.rename(tmp, self.spool / name)
+    def drop(self, features: list[str]) -> tuple[str, float]:
+        """Drop one batch request into the spool (temp file, then rename) and ping, as
+        ``batchctl submit`` does. Returns the batch's name and the wall time of the rename."""
+        self._n += 1
+        name = f"bench-{self._n}"
+        self.spool.mkdir(mode=0o700, exist_ok=True)
+        body = json.dumps({"features": features, "name": name}).encode()
+        tmp = self.spool / f".{name}.json.tmp"
+        tmp.write_bytes(body)
+        dropped = time.time()
+        os.rename(tmp, self.spool / f"{name}.json")
         self.call("ping")
+        return name, dropped
 
-    def batches(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call("list")["batches"]
-        return result
+    def item(self, name: str) -> Result | None:
+        for b in self.call("list")["batches"]:
+            if b["name"] == name:
+                found: Result = b
+                return found
+        return None
 
-    def wait(self, pred: Any, timeout: float = 600, interval: float = 0.02) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > deadline:
-                raise RuntimeError("timed out")
-            time.sleep(interval)
+    def wait_item(self, name: str, statuses: tuple[str, ...], timeout: float = 600) -> Result:
+        """Poll ``list`` every 20 ms until the batch has one of ``statuses``."""
+        found: list[Result] = []
 
-    def queue_batch(self, n: int) -> str:
-        """Queue one batch of n features while the queue is paused; return its id."""
-        before = len(self.batches())
-        self.call("pause")
-        self.drop([f"feature {i}: implement something useful here" for i in range(n)])
-        self.wait(lambda: len(self.batches()) > before)
-        return str(self.batches()[-1]["batch_id"])
+        def ready() -> bool:
+            it = self.item(name)
+            if it is not None and it["status"] in statuses:
+                found.append(it)
+                return True
+            if it is not None and it["status"] in FINISHED:
+                raise RuntimeError(f"batch {name} ended {it['status']}: {it}")
+            return False
 
-    def all_done(self) -> bool:
-        return all(b["status"] in ("completed", "failed", "cancelled") for b in self.batches())
+        wait_for(ready, timeout, f"batch {name} to be {'/'.join(statuses)}")
+        return found[0]
+
+    def drain(self, n: int, paused_first: bool) -> tuple[float, Result]:
+        """Seconds from the request drop (or, paused_first, from ``resume``) until the batch
+        of n no-op features is completed. The end is the batch's own ``updated_at``, so
+        the 20 ms poll does not blur it."""
+        if paused_first:
+            self.call("pause")
+            name, _ = self.drop(features_for(n))
+            self.wait_item(name, ("pending", "paused"))
+            start = time.time()
+            self.call("resume", all=True)
+        else:
+            name, start = self.drop(features_for(n))
+        done = self.wait_item(name, ("completed",))
+        return parse_iso(done["updated_at"]) - start, done
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -172,405 +342,671 @@ class Batchd:
                 self.proc.wait()
 
 
-def bench_batchd(mode: Mode, root: Path, backend: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    d = Batchd(root / "batchd", backend, ["/bin/true"], mode.status_queued + 10)
+def bench_batchd_main(mode: Mode, root: Path, mark: str, backend: str) -> tuple[Result, Daemon]:
+    """Throughput, fsyncs, status on one daemon; returns it still running (for idle)."""
+    out: Result = {}
+    d = Daemon(root, mark, backend, ["/bin/true"], max(mode.status_queued, mode.drain_n) + 10)
+    out["start_rss_mb"] = d.start_rss_mb
     try:
-        # Throughput: a paused batch of N no-op features, then resume and time the drain.
-        d.queue_batch(mode.drain_n)
-        t0 = time.monotonic()
-        d.call("resume", all=True)
-        d.wait(d.all_done, interval=0.05)
-        out["throughput_fps"] = round(mode.drain_n / (time.monotonic() - t0), 1)
+        # Throughput: daemon idle, one request of N features dropped, until completed.
+        secs, _ = d.drain(mode.drain_n, paused_first=False)
+        out["throughput_fps"] = round(mode.drain_n / secs, 1)
+        out["throughput_n"] = mode.drain_n
+        # The same drain without ingestion: queued while paused, clock from `resume`.
+        secs, _ = d.drain(mode.drain_n, paused_first=True)
+        out["drain_fps"] = round(mode.drain_n / secs, 1)
 
-        # fsyncs per feature, counted by strace on a separate (slower) run.
+        # fsync + fdatasync per feature, strace attached to every thread of the daemon over
+        # a separate drain (strace slows every syscall: not used for throughput).
         out["fsyncs_per_feature"] = None
         if shutil.which("strace"):
-            d.queue_batch(mode.strace_n)
+            d.call("pause")
+            name, _ = d.drop(features_for(mode.strace_n))
+            d.wait_item(name, ("pending", "paused"))
             log = root / "strace.txt"
+            strace = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(log)]
             tracer = subprocess.Popen(
-                [
-                    "strace",
-                    "-f",
-                    "-c",
-                    "-e",
-                    "trace=fsync,fdatasync",
-                    "-o",
-                    str(log),
-                    "-p",
-                    str(d.proc.pid),
-                ],
+                [*strace, "-p", str(d.pid)],
+                env=child_env(mark),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(1.0)
+            wait_for(lambda: traced(d.pid), 10, "strace to attach")
             d.call("resume", all=True)
-            d.wait(d.all_done, interval=0.1)
+            d.wait_item(name, ("completed",))
             tracer.send_signal(signal.SIGINT)
             tracer.wait(30)
-            calls = 0
-            for line in log.read_text().splitlines():
-                parts = line.split()  # % time, seconds, usecs/call, calls, [errors,] syscall
-                if len(parts) >= 5 and parts[-1] in ("fsync", "fdatasync"):
-                    calls += int(parts[3])
-            out["fsyncs_per_feature"] = round(calls / mode.strace_n, 2)
+            out["fsyncs_per_feature"] = round(strace_count(log) / mode.strace_n, 2)
+            out["fsyncs_n"] = mode.strace_n
 
-        # Status latency with many queued features.
-        d.queue_batch(mode.status_queued)
+        # Status with many features queued, nothing running.
+        d.call("pause")
+        name, _ = d.drop(features_for(mode.status_queued))
+        it = d.wait_item(name, ("pending", "paused"), timeout=120)
+        argv = [d.batchctl, "--json", "status"]
+        check = subprocess.run(argv, env=d.env, capture_output=True, check=True)
+        shown = json.loads(check.stdout)
+        if not any(b["name"] == name for b in shown["batches"]):
+            raise RuntimeError("batchctl --json status does not show the queued batch")
+        python = str(Path(d.batchctl).parent / "python")
+        if not Path(python).exists():
+            python = sys.executable
+        floor_argv = [python, "-c", "import socket, json"]
+        samples = timed_runs({"status": argv, "floor": floor_argv}, d.env, mode.status_samples)
         out["status_queued_features"] = mode.status_queued
-        samples = []
-        for _ in range(mode.status_samples):
-            t = time.perf_counter()
-            subprocess.run(
-                [d.batchctl, "--json", "status"], env=d.env, stdout=subprocess.DEVNULL, check=True
-            )
-            samples.append((time.perf_counter() - t) * 1000)
-        out["status_p50_ms"] = round(statistics.median(samples), 2)
-        out["status_p99_ms"] = round(pct(samples, 99), 2)
-        floor = []
-        for _ in range(mode.status_samples):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import socket, json"], check=True)
-            floor.append((time.perf_counter() - t) * 1000)
-        out["floor_p50_ms"] = round(statistics.median(floor), 2)
-        out["status_vs_floor"] = round(out["status_p50_ms"] / out["floor_p50_ms"], 2)
-        d.call("cancel", batch_id=d.batches()[-1]["batch_id"])
+        out["status_samples"] = mode.status_samples
+        out["status_p50_ms"] = r(statistics.median(samples["status"]))
+        out["status_p99_ms"] = r(pct(samples["status"], 99))
+        out["floor_p50_ms"] = r(statistics.median(samples["floor"]))
+        out["status_vs_floor"] = r(out["status_p50_ms"] / out["floor_p50_ms"])
+        d.call("cancel", batch_id=it["batch_id"])
         d.call("resume", all=True)
-        out["idle_rss_mb"], out["idle_cpu_pct"] = idle_usage(d.proc.pid, mode.idle_s)
+    except BaseException:
+        d.stop()
+        raise
+    return out, d
+
+
+def traced(pid: int) -> bool:
+    """Is every thread of pid under a tracer?"""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return False
+    for tid in tasks:
+        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+            if line.startswith("TracerPid:") and line.split()[1] == "0":
+                return False
+    return True
+
+
+def bench_batchd_pickup(mode: Mode, root: Path, mark: str, backend: str) -> Result:
+    """`batchctl submit FILE` returns -> the runner has started (it writes a timestamp)."""
+    marks = root / "starts.txt"
+    runner = ["sh", "-c", f"date +%s.%N >> '{marks}'"]
+    d = Daemon(root / "daemon", mark, backend, runner, 100)
+    try:
+        feature_file = root / "one.txt"
+        feature_file.write_text("Add a --dry-run flag to the export command\n")
+        argv = [d.batchctl, "submit", str(feature_file)]
+        lat: list[float] = []
+        invoke: list[float] = []
+        for i in range(mode.pickup_samples + 1):  # the first one warms up, not counted
+            called = time.time()
+            subprocess.run(argv, env=d.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            returned = time.time()
+            started = wait_marks(marks, i + 1, "the runner to start")[i]
+            if i:
+                lat.append(ms(started - returned))
+                invoke.append(ms(started - called))
+            wait_for(partial(completed_at_least, d, i + 1), 30, "the batch to complete")
+            time.sleep(0.05)
+        return {
+            "pickup_p50_ms": r(statistics.median(lat), 1),
+            "pickup_max_ms": r(max(lat), 1),
+            "pickup_from_invoke_p50_ms": r(statistics.median(invoke), 1),
+            "pickup_samples": mode.pickup_samples,
+        }
     finally:
         d.stop()
 
-    # Pickup: `batchctl submit` returns -> the runner starts.
-    marks = root / "starts.txt"
-    p = Batchd(root / "pickup", backend, ["sh", "-c", f"date +%s.%N >> {marks}"], 100)
-    try:
-        feature_file = root / "one.txt"
-        feature_file.write_text("one feature\n")
-        lat = []
-        invoke = []
-        for i in range(mode.pickup_samples):
-            called = time.time()
-            subprocess.run(
-                [p.batchctl, "submit", str(feature_file)],
-                env=p.env,
-                stdout=subprocess.DEVNULL,
-                check=True,
-            )
-            returned = time.time()
-            p.wait(
-                lambda i=i: marks.exists() and len(marks.read_text().split()) > i,
-                timeout=30,
-                interval=0.002,
-            )
-            started = float(marks.read_text().split()[i])
-            lat.append((started - returned) * 1000)
-            invoke.append((started - called) * 1000)
-            time.sleep(0.3)
-        # submit pings the daemon, which scans at once: the runner often starts before
-        # batchctl has even exited, so this can be negative.
-        out["pickup_p50_ms"] = round(statistics.median(lat), 1)
-        out["pickup_from_invoke_p50_ms"] = round(statistics.median(invoke), 1)
-    finally:
-        p.stop()
-    out.update(save_costs(root / "save"))
-    out["save_ratio"] = round(out["save_ms_10000"] / out["save_ms_10"], 2)
-    return out
+
+def completed_at_least(d: Daemon, n: int) -> bool:
+    done: int = sum(b["status"] == "completed" for b in d.call("list")["batches"])
+    return done >= n
 
 
-def save_costs(root: Path) -> dict[str, float]:
-    """Median cost of one durable state write (Store.save_state, fsync of file and dir).
+def save_costs(root: Path, writes: int) -> Result:
+    """Median cost of one durable transition record (``Store.save_state``: encode, temp
+    file, fsync, rename, fsync of the directory) in a batch of 10 and of 10,000 features.
 
-    ``save_ms_10`` and ``save_ms_10000``: a batch of 10 / 10,000 features at its first
-    transition (one attempt recorded); ``save_ms_10000_half``: the same batch half done
-    (5,000 attempts in processing_history, a 1.7 MB state.json).
+    The headline figures are taken half-way through the batch: the first half of the
+    features are finished (one attempt each in ``processing_history``), then the next
+    features are begun and recorded as the engine does, and each of those writes (one
+    after the spawn, one after the outcome) is timed. ``save_ms_10000_first``: the first
+    transition of a fresh batch; ``save_ms_10000_end``: the last features of the batch.
     """
-    from batchd.batch import Settings, new_batch
+    from batchd.batch import Batch, Settings, new_batch
     from batchd.classify import Verdict
     from batchd.parse import ParsedBatch
-    from batchd.store import Store
+    from batchd.store import STATE, Store
 
     store = Store(root)
     store.open()
-    out: dict[str, float] = {}
+    settings = Settings()
+    done = Verdict("completed", tokens=1200, cost_usd=0.0125)
+    serial = [0]
 
-    def median_save(batch: Any, count: int) -> float:
-        samples = []
-        for _ in range(count):
-            t = time.perf_counter()
-            store.save_state(batch.state)
-            samples.append((time.perf_counter() - t) * 1000)
-        return round(statistics.median(samples), 3)
-
-    for n, batch_id in (
-        (10, "batch-20261124-000000-000010"),
-        (10000, "batch-20261124-000000-010000"),
-    ):
-        feats = [
-            f"feature {i}: implement the thing described in ticket {i} please" for i in range(n)
-        ]
+    def fresh(n: int) -> Batch:
+        serial[0] += 1
         batch = new_batch(
-            batch_id=batch_id,
-            seq=1,
-            parsed=ParsedBatch(features=feats, name="bench"),
+            batch_id=f"batch-20260101-000000-{serial[0]:06d}",
+            seq=serial[0],
+            parsed=ParsedBatch(features=features_for(n), name="bench"),
             features_file="bench.txt",
             source_sha256="0" * 64,
             now=time.time(),
         )
         store.create_batch(batch.state, batch.retry)
+        return batch
+
+    def step(batch: Batch, index: int, timings: list[float] | None) -> None:
+        """Begin and complete one feature; time each of its two writes if asked."""
         now = time.time()
-        batch.begin(index=0, now=now, pid=1000, pid_start_time=123456)
-        out[f"save_ms_{n}"] = median_save(batch, 200 if n == 10 else 100)
-        if n == 10000:
-            batch.record(
-                Verdict("completed", tokens=1200, cost_usd=0.01),
-                exit_code=0,
-                consent=False,
-                hint_s=None,
-                settings=Settings(),
-                now=now,
-                rand=lambda: 0.5,
-            )
-            for i in range(1, n // 2):
-                batch.begin(index=i, now=now, pid=1000 + i, pid_start_time=123456)
-                batch.record(
-                    Verdict("completed", tokens=1200, cost_usd=0.01),
-                    exit_code=0,
-                    consent=False,
-                    hint_s=None,
-                    settings=Settings(),
-                    now=now,
-                    rand=lambda: 0.5,
-                )
-            out["save_ms_10000_half"] = median_save(batch, 50)
-    store.close()
-    return out
+        batch.begin(index=index, now=now, pid=4000 + index, pid_start_time=123456)
+        if timings is not None:
+            t = time.perf_counter()
+            store.save_state(batch.state)
+            timings.append(ms(time.perf_counter() - t))
+        batch.record(
+            done,
+            exit_code=0,
+            consent=False,
+            hint_s=None,
+            settings=settings,
+            now=now + 0.5,
+            rand=lambda: 0.5,
+        )
+        if timings is not None:
+            t = time.perf_counter()
+            store.save_state(batch.state)
+            timings.append(ms(time.perf_counter() - t))
+
+    def from_index(n: int, start: int) -> tuple[float, int]:
+        """Median ms of `writes` timed writes beginning at feature `start` (fresh batches
+        brought to `start` untimed as often as needed); and the state size there."""
+        timings: list[float] = []
+        size = 0
+        while len(timings) < writes:
+            batch = fresh(n)
+            for i in range(start):
+                step(batch, i, None)
+            store.save_state(batch.state)  # untimed: warms the encoder's cache, as in the daemon
+            size = os.path.getsize(store.batch_dir(batch.batch_id) / STATE)
+            i = start
+            while i < n and len(timings) < writes:
+                step(batch, i, timings)
+                i += 1
+        return statistics.median(timings), size
+
+    try:
+        out: Result = {}
+        ten, size10 = from_index(10, 5)
+        big, size_big = from_index(10_000, 5_000)
+        first, _ = from_index(10_000, 0)
+        end, size_end = from_index(10_000, 10_000 - writes // 2)
+        out["save_ms_10"] = r(ten, 3)
+        out["save_ms_10000"] = r(big, 3)
+        out["save_ratio"] = r(big / ten)
+        out["save_ms_10000_first"] = r(first, 3)
+        out["save_ms_10000_end"] = r(end, 3)
+        out["save_bytes_10"] = size10
+        out["save_bytes_10000"] = size_big
+        out["save_bytes_10000_end"] = size_end
+        out["save_writes"] = writes
+        return out
+    finally:
+        store.close()
 
 
 # --- peers --------------------------------------------------------------------------------
 
 
-def bench_tsp(mode: Mode, root: Path) -> dict[str, Any] | None:
-    tsp = shutil.which("tsp")
-    if not tsp:
-        return None
-    root.mkdir(parents=True)
-    n = min(mode.drain_n, 900)  # tsp holds at most ~990 pending jobs
-    env = {
-        **os.environ,
-        "TS_SOCKET": str(root / "sock"),
-        "TMPDIR": str(root),
-        "TS_MAXFINISHED": str(mode.drain_n + 2000),
-        "TS_SLOTS": "1",
-    }
+def sh_loop(n: int, enqueue: str, then: str) -> list[str]:
+    """`sh -c` enqueueing n jobs one command at a time, then waiting: how a user would."""
+    return [
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt {n} ]; do {enqueue} >/dev/null; i=$((i+1)); done; {then}",
+    ]
 
-    def run(*args: str) -> str:
+
+def run_timed(argv: list[str], env: dict[str, str], timeout: float = 600) -> float:
+    t = time.perf_counter()
+    subprocess.run(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        check=True,
+        timeout=timeout,
+    )
+    return time.perf_counter() - t
+
+
+def strace_tree(argv: list[str], env: dict[str, str], log: Path) -> int:
+    """fsync + fdatasync calls of a command and everything it forks (servers included)."""
+    subprocess.run(
+        ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(log), *argv],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=600,
+    )
+    return strace_count(log)
+
+
+def peer_pickup(enqueue: Callable[[Path], None], marks: Path, samples: int) -> Result:
+    """ms from an enqueue command returning to its job writing a timestamp."""
+    lat: list[float] = []
+    for i in range(samples + 1):  # the first one warms up
+        enqueue(marks)
+        returned = time.time()
+        started = wait_marks(marks, i + 1, "the peer's job to start")[i]
+        if i:
+            lat.append(ms(started - returned))
+        time.sleep(0.05)
+    return {"pickup_p50_ms": r(statistics.median(lat), 1), "pickup_max_ms": r(max(lat), 1)}
+
+
+class Tsp:
+    """A private task-spooler server: its own TS_SOCKET and TMPDIR (job outputs)."""
+
+    def __init__(self, tsp: str, root: Path, mark: str, max_finished: int) -> None:
+        self.tsp = tsp
+        self.root = root
+        root.mkdir(mode=0o700, parents=True)
+        # One slot (one job at a time, as batchd); keep every finished job in the list.
+        self.env = child_env(
+            mark,
+            TS_SOCKET=str(root / "socket"),
+            TMPDIR=str(root),
+            TS_SLOTS="1",
+            TS_MAXFINISHED=str(max_finished),
+        )
+
+    def run(self, *args: str) -> str:
         return subprocess.run(
-            [tsp, *args], env=env, capture_output=True, text=True, check=True
+            [self.tsp, *args], env=self.env, capture_output=True, text=True, check=True
         ).stdout.strip()
 
-    out: dict[str, Any] = {}
-    try:
-        blocker = run("sleep", "600")
-        for _ in range(n - 1):
-            run("true")
-        last = run("true")
-        t0 = time.monotonic()
-        run("-k", blocker)
-        run("-w", last)
-        out["throughput_fps"] = round(n / (time.monotonic() - t0), 1)
-        out["throughput_jobs"] = n
-        out["fsyncs_per_feature"] = 0
-        blocker = run("sleep", "600")
-        for _ in range(min(n, 900)):
-            run("true")
-        samples = []
-        for _ in range(mode.status_samples):
-            t = time.perf_counter()
-            subprocess.run([tsp, "-l"], env=env, stdout=subprocess.DEVNULL, check=True)
-            samples.append((time.perf_counter() - t) * 1000)
-        out["status_p50_ms"] = round(statistics.median(samples), 2)
-        out["status_p99_ms"] = round(pct(samples, 99), 2)
-        run("-k", blocker)
-        run("-w")
-        server = _find_tsp_server(str(root / "sock"))
-        out["idle_rss_mb"], out["idle_cpu_pct"] = (
-            idle_usage(server, min(mode.idle_s, 10)) if server else (None, None)
-        )
-        # Pickup: enqueue returns -> job starts.
-        marks = root / "starts.txt"
-        out["pickup_p50_ms"] = peer_pickup(
-            lambda: run("sh", "-c", f"date +%s.%N >> {marks}"), marks, mode.pickup_samples
-        )
-    finally:
-        subprocess.run([tsp, "-K"], env=env, capture_output=True)
-    return out
+    def server_pid(self) -> int | None:
+        """The server: the process of our TS_SOCKET still alive when no job is."""
+        entry = f"TS_SOCKET={self.env['TS_SOCKET']}".encode()
+        pids = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                env = Path(f"/proc/{name}/environ").read_bytes()
+                argv0 = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if entry in env.split(b"\0") and os.path.basename(argv0) in (b"tsp", b"ts"):
+                pids.append(int(name))
+        return min(pids) if len(pids) == 1 else None
+
+    def kill_server(self) -> None:
+        subprocess.run([self.tsp, "-K"], env=self.env, capture_output=True, check=False)
 
 
-def peer_pickup(enqueue: Any, marks: Path, samples: int) -> float:
-    """Median ms from an enqueue command returning to its job writing a timestamp."""
-    lat = []
-    for i in range(samples):
-        enqueue()
-        returned = time.time()
-        while not marks.exists() or len(marks.read_text().split()) <= i:
-            time.sleep(0.001)
-        lat.append((float(marks.read_text().split()[i]) - returned) * 1000)
-    return round(statistics.median(lat), 1)
-
-
-def _find_tsp_server(sock: str) -> int | None:
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{name}/environ").read_bytes()
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"TS_SOCKET=" + sock.encode() in env and cmd.split(b"\0")[0].endswith(b"tsp"):
-            return int(name)
-    return None
-
-
-def bench_nq(mode: Mode, root: Path) -> dict[str, Any] | None:
-    nq = shutil.which("nq")
-    if not nq:
-        return None
-    root.mkdir(parents=True)
+def bench_tsp(mode: Mode, root: Path, mark: str) -> tuple[Result | None, Tsp | None]:
+    exe = shutil.which("tsp")  # Debian's name; `ts` may be moreutils' timestamper
+    if not exe:
+        return None, None
     n = mode.drain_n
-    env = {**os.environ, "NQDIR": str(root / "q")}
-    out: dict[str, Any] = {}
-    blocker = subprocess.Popen([nq, "sleep", "600"], env=env, stdout=subprocess.PIPE, text=True)
-    blocker.communicate()
-    time.sleep(0.2)
-    pids = []
-    for _ in range(n):
-        subprocess.run([nq, "true"], env=env, capture_output=True, check=True)
-    for f in (root / "q").iterdir():
-        if f.name.startswith(",") and "sleep" in f.read_text(errors="replace")[:200]:
-            pids.append(int(f.name[1:].split(".")[1]))
-    t0 = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    subprocess.run([nq, "-w"], env=env, capture_output=True)
-    out["throughput_fps"] = round(n / (time.monotonic() - t0), 1)
-    out["fsyncs_per_feature"] = 0
-    out["status_p50_ms"] = out["status_p99_ms"] = None  # nq has no status command over a queue
+    t = Tsp(exe, root / "server", mark, 4 * n + 2 * TSP_QUEUE_MAX)
+    out: Result = {"throughput_n": n}
+    try:
+        # Enqueue all (one `tsp true` each; output kept: no -n), then `tsp -w` on the last.
+        out["throughput_fps"] = round(
+            n / run_timed(sh_loop(n, f"'{exe}' true", f"'{exe}' -w"), t.env), 1
+        )
+        # Drain only: queued behind a blocking job, clock from killing it (at most
+        # TSP_QUEUE_MAX waiting jobs: each is a client process holding a connection).
+        m = min(n, TSP_QUEUE_MAX)
+        blocker = t.run("sleep", "600")
+        wait_for(lambda: "running" in t.run("-s", blocker), 10, "the tsp blocker to run")
+        subprocess.run(sh_loop(m, f"'{exe}' true", "true"), env=t.env, check=True)
+        start = time.perf_counter()
+        t.run("-k", blocker)
+        t.run("-w")  # the last job enqueued
+        out["drain_fps"] = round(m / (time.perf_counter() - start), 1)
+        out["drain_n"] = m
+        # Status: `tsp -l` with the queue full (finished jobs cleared first).
+        t.run("-C")
+        blocker = t.run("sleep", "600")
+        subprocess.run(sh_loop(TSP_QUEUE_MAX, f"'{exe}' true", "true"), env=t.env, check=True)
+        listed = t.run("-l").count("queued")
+        samples = timed_runs({"l": [exe, "-l"]}, t.env, mode.status_samples)["l"]
+        out["status_queued_features"] = listed
+        out["status_p50_ms"] = r(statistics.median(samples))
+        out["status_p99_ms"] = r(pct(samples, 99))
+        t.run("-k", blocker)
+        t.run("-w")
+        out["fsyncs_per_feature"] = None
+        if shutil.which("strace"):
+            # A fresh server, started inside the traced tree by the first `tsp`.
+            s = Tsp(exe, root / "strace", mark, 4 * n)
+            try:
+                calls = strace_tree(
+                    sh_loop(mode.strace_n, f"'{exe}' true", f"'{exe}' -w"),
+                    s.env,
+                    root / "strace.txt",
+                )
+            finally:
+                s.kill_server()
+            out["fsyncs_per_feature"] = round(calls / mode.strace_n, 2)
+
+        def enqueue(marks: Path) -> None:
+            t.run("sh", "-c", f"date +%s.%N >> '{marks}'")
+
+        out.update(peer_pickup(enqueue, root / "starts.txt", mode.pickup_samples))
+        return out, t
+    except BaseException:
+        t.kill_server()
+        raise
+
+
+def bench_nq(mode: Mode, root: Path, mark: str) -> Result | None:
+    exe = shutil.which("nq")
+    if not exe:
+        return None
+    n = mode.drain_n
+    root.mkdir(mode=0o700, parents=True)
+    env = child_env(mark, NQDIR=str(root / "queue"))
+    out: Result = {"throughput_n": n}
+    # Enqueue all (one `nq true` each; output files kept), then `nq -w` (all of them).
+    out["throughput_fps"] = round(n / run_timed(sh_loop(n, f"'{exe}' true", f"'{exe}' -w"), env), 1)
+    # Drain only: queued behind a blocking job, clock from killing it.
+    shutil.rmtree(root / "queue")
+    job = subprocess.run(
+        [exe, "sleep", "600"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()  # ,<time>.<pid>: the pid is the job's own (nq execs the command)
+    subprocess.run(sh_loop(n, f"'{exe}' true", "true"), env=env, check=True)
+    start = time.perf_counter()
+    os.kill(int(job.rsplit(".", 1)[1]), signal.SIGTERM)
+    subprocess.run([exe, "-w"], env=env, capture_output=True, check=True)
+    out["drain_fps"] = round(n / (time.perf_counter() - start), 1)
+    out["drain_n"] = n
+    out["status_p50_ms"] = out["status_p99_ms"] = None  # no status over a queue (`fq` tails)
     out["idle_rss_mb"] = out["idle_cpu_pct"] = None  # no server process
-    marks = root / "starts.txt"
-    enqueue = [nq, "sh", "-c", f"date +%s.%N >> {marks}"]
-    out["pickup_p50_ms"] = peer_pickup(
-        lambda: subprocess.run(enqueue, env=env, capture_output=True, check=True),
-        marks,
-        mode.pickup_samples,
-    )
+    out["fsyncs_per_feature"] = None
+    if shutil.which("strace"):
+        senv = child_env(mark, NQDIR=str(root / "strace-queue"))
+        calls = strace_tree(
+            sh_loop(mode.strace_n, f"'{exe}' true", f"'{exe}' -w"), senv, root / "strace.txt"
+        )
+        out["fsyncs_per_feature"] = round(calls / mode.strace_n, 2)
+
+    def enqueue(marks: Path) -> None:
+        subprocess.run(
+            [exe, "sh", "-c", f"date +%s.%N >> '{marks}'"], env=env, capture_output=True, check=True
+        )
+
+    out.update(peer_pickup(enqueue, root / "starts.txt", mode.pickup_samples))
     return out
 
 
-# --- report ---------------------------------------------------------------------------------------
+# --- report -------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
+def machine(where: Path) -> Result:
     cpu = "?"
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     fs = subprocess.run(
-        ["df", "-T", tempfile.gettempdir()], capture_output=True, text=True
-    ).stdout.splitlines()
+        ["df", "--output=fstype", str(where)], capture_output=True, text=True, check=False
+    ).stdout.split()
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpus": os.cpu_count(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": len(os.sched_getaffinity(0)),
         "cpu": cpu,
         "kernel": platform.release(),
+        "tmp_dir": str(where),
+        "tmp_fs": fs[-1] if len(fs) > 1 else "?",
         "python": platform.python_version(),
-        "tmp_fs": fs[-1].split()[1] if fs else "?",
     }
 
 
-def table(res: dict[str, Any]) -> str:
-    b, peers = res["batchd"], res["peers"]
-    tsp, nq = peers.get("tsp") or {}, peers.get("nq") or {}
-
-    def f(v: Any) -> str:
-        return "-" if v is None else str(v)
-
-    rows = [
-        ("throughput_fps", "features/s drained (no-op runner)"),
-        ("fsyncs_per_feature", "fsync+fdatasync per feature"),
-        ("status_p50_ms", "status p50 ms"),
-        ("status_p99_ms", "status p99 ms"),
-        ("pickup_p50_ms", "submit -> runner start p50 ms"),
-        ("idle_rss_mb", "idle RSS MB"),
-        ("idle_cpu_pct", "idle CPU %"),
-    ]
-    lines = [f"{'figure':<36} {'batchd':>10} {'tsp':>10} {'nq':>10}"]
-    for key, label in rows:
-        lines.append(f"{label:<36} {f(b.get(key)):>10} {f(tsp.get(key)):>10} {f(nq.get(key)):>10}")
-    lines.append(f"{'python -c import socket,json p50 ms':<36} {f(b.get('floor_p50_ms')):>10}")
-    lines.append(
-        f"{'submit invoked -> runner start p50 ms':<36} {f(b.get('pickup_from_invoke_p50_ms')):>10}"
-    )
-    lines.append(
-        f"{'save ms: 10 / 10,000 / 10,000 half':<36} {b['save_ms_10']:>10} / {b['save_ms_10000']}"
-        f" / {b['save_ms_10000_half']}"
-    )
-    t = res["targets"]
-    lines.append("")
-    lines.append("targets: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in t.items()))
-    return "\n".join(lines)
-
-
-def targets(b: dict[str, Any], tsp: dict[str, Any] | None) -> dict[str, bool]:
-    t = {
-        "status<=1.5x_floor": b["status_vs_floor"] <= 1.5,
+def targets(b: Result, tsp: Result | None) -> dict[str, bool | None]:
+    tput = None if not tsp else b["throughput_fps"] >= tsp["throughput_fps"]
+    fs = b.get("fsyncs_per_feature")
+    return {
+        "throughput>=tsp": tput,
+        "fsyncs_per_feature>=2": None if fs is None else fs >= 2,
         "save_10000<=3x_save_10": b["save_ratio"] <= 3,
+        "status<=1.5x_floor": b["status_vs_floor"] <= 1.5,
         "pickup<=100ms": b["pickup_p50_ms"] <= 100,
         "idle_rss<=40MB": b["idle_rss_mb"] <= 40,
         "idle_cpu_near_0": b["idle_cpu_pct"] <= 0.5,
-        "fsyncs>=2": (b["fsyncs_per_feature"] or 0) >= 2,
     }
-    if tsp:
-        t["throughput>=tsp"] = b["throughput_fps"] >= tsp["throughput_fps"]
-    return t
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "MISSED")
+
+
+def table(res: Result) -> str:
+    b: Result = res["batchd"]
+    tsp: Result = res["peers"]["tsp"] or {}
+    nq: Result = res["peers"]["nq"] or {}
+    t = res["targets"]
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+    tput_ratio = (
+        f"{b['throughput_fps'] / tsp['throughput_fps']:.2f}x tsp"
+        if tsp.get("throughput_fps")
+        else ""
+    )
+    rows: list[tuple[str, Any, Any, Any, str, str]] = [
+        (
+            f"throughput features/s (N={b['throughput_n']})",
+            b["throughput_fps"],
+            tsp.get("throughput_fps"),
+            nq.get("throughput_fps"),
+            ">= tsp",
+            f"{verdict(t['throughput>=tsp'])} {tput_ratio}",
+        ),
+        (
+            "  drain only (queued, then released)",
+            b["drain_fps"],
+            tsp.get("drain_fps"),
+            nq.get("drain_fps"),
+            "",
+            f"tsp N={tsp.get('drain_n', '-')}",
+        ),
+        (
+            "fsync+fdatasync per feature",
+            b.get("fsyncs_per_feature"),
+            tsp.get("fsyncs_per_feature"),
+            nq.get("fsyncs_per_feature"),
+            ">= 2",
+            verdict(t["fsyncs_per_feature>=2"]),
+        ),
+        (
+            f"status p50 ms ({b['status_queued_features']} queued)",
+            b["status_p50_ms"],
+            tsp.get("status_p50_ms"),
+            None,
+            "<= 1.5x floor",
+            f"{verdict(t['status<=1.5x_floor'])} {b['status_vs_floor']}x",
+        ),
+        ("status p99 ms", b["status_p99_ms"], tsp.get("status_p99_ms"), None, "", ""),
+        ("floor: python -c 'import socket, json'", b["floor_p50_ms"], None, None, "", ""),
+        (
+            "pickup p50 ms (submit returns->start)",
+            b["pickup_p50_ms"],
+            tsp.get("pickup_p50_ms"),
+            nq.get("pickup_p50_ms"),
+            "<= 100",
+            verdict(t["pickup<=100ms"]),
+        ),
+        ("  from submit invoked", b["pickup_from_invoke_p50_ms"], None, None, "", ""),
+        (
+            f"idle RSS MB ({res['idle_s']:g} s)",
+            b["idle_rss_mb"],
+            tsp.get("idle_rss_mb"),
+            None,
+            "<= 40",
+            verdict(t["idle_rss<=40MB"]),
+        ),
+        (
+            "idle CPU %",
+            b["idle_cpu_pct"],
+            tsp.get("idle_cpu_pct"),
+            None,
+            "~0 (<= 0.5)",
+            verdict(t["idle_cpu_near_0"]),
+        ),
+        ("save ms, batch of 10 (half done)", b["save_ms_10"], None, None, "", ""),
+        (
+            "save ms, batch of 10,000 (half done)",
+            b["save_ms_10000"],
+            None,
+            None,
+            "<= 3x save_10",
+            f"{verdict(t['save_10000<=3x_save_10'])} {b['save_ratio']}x",
+        ),
+        (
+            "  10,000: first / last transitions",
+            f"{f(b['save_ms_10000_first'])}/{f(b['save_ms_10000_end'])}",
+            None,
+            None,
+            "",
+            "",
+        ),
+    ]
+    w = (41, 10, 8, 8, 14)
+    head = ("figure", "batchd", "tsp", "nq", "target", "verdict")
+    lines = ["  ".join(h.ljust(n) for h, n in zip(head, (*w, 0), strict=True)).rstrip()]
+    for label, bv, tv, nv, target, ver in rows:
+        cells = (label, f(bv), f(tv), f(nv), target, ver)
+        lines.append("  ".join(c.ljust(n) for c, n in zip(cells, (*w, 0), strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every finally block stops what it started."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_bench(mode: Mode, backend: str, base: str | None) -> Result:
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="batchd-bench-", dir=base) as tmp:
+        root = Path(tmp)
+        mark = tmp
+        res: Result = {
+            "mode": mode.name,
+            "backend": backend,
+            "machine": machine(root),
+            "idle_s": mode.idle_s,
+        }
+        daemon: Daemon | None = None
+        tsp: Tsp | None = None
+        try:
+            b, daemon = bench_batchd_main(mode, root / "batchd", mark, backend)
+            tsp_res, tsp = bench_tsp(mode, root / "tsp", mark)
+            nq_res = bench_nq(mode, root / "nq", mark)
+            # Idle: the daemon (after all the work above, its batches in memory) and tsp's
+            # server, over the same window.
+            pids = {"batchd": daemon.pid}
+            server = tsp.server_pid() if tsp else None
+            if server is not None:
+                pids["tsp"] = server
+            idle = idle_usage(pids, mode.idle_s)
+            b["idle_rss_mb"], b["idle_cpu_pct"] = idle["batchd"]
+            if tsp_res is not None:
+                tsp_res["idle_rss_mb"], tsp_res["idle_cpu_pct"] = idle.get("tsp", (None, None))
+            daemon.stop()
+            daemon = None
+            if tsp is not None:
+                tsp.kill_server()
+                tsp = None
+            b.update(bench_batchd_pickup(mode, root / "pickup", mark, backend))
+            b.update(save_costs(root / "save", mode.save_writes))
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            if tsp is not None:
+                tsp.kill_server()
+            left = reap(mark)
+            if left:
+                print(f"bench: killed {len(left)} leftover process(es): {left}", file=sys.stderr)
+        res["batchd"] = b
+        res["peers"] = {"tsp": tsp_res, "nq": nq_res}
+        res["targets"] = targets(b, tsp_res)
+    res["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+def run_profile(out: Path, n: int, backend: str, base: str | None) -> None:
+    """cProfile of the daemon (its main thread) while it drains n no-op features."""
+    with tempfile.TemporaryDirectory(prefix="batchd-prof-", dir=base) as tmp:
+        prefix = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "batchd"]
+        d = Daemon(Path(tmp) / "batchd", tmp, backend, ["/bin/true"], n + 10, prefix=prefix)
+        try:
+            secs, _ = d.drain(n, paused_first=False)
+        finally:
+            d.stop()
+            reap(tmp)
+    print(f"drained {n} features in {secs:.2f} s ({n / secs:.0f}/s) under cProfile")
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="short run (under 2 minutes)")
-    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    ap.add_argument("--dir", help="where to put the temporary files (default: the temp dir)")
+    ap.add_argument("--dir", help="parent of the private temp dir (default: the temp dir)")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="instead of the bench: cProfile the daemon over one drain into FILE",
+    )
     args = ap.parse_args()
     mode = QUICK if args.quick else FULL
-    t0 = time.monotonic()
-    # An installed package has its bytecode; a source tree run with PYTHONDONTWRITEBYTECODE
-    # would otherwise compile batchctl on every start and measure the compiler.
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(REPO / "batchd"), str(REPO / "batchctl")],
-        check=False,
-    )
-    with tempfile.TemporaryDirectory(prefix="batchd-bench-", dir=args.dir) as tmp:
-        root = Path(tmp)
-        res: dict[str, Any] = {"mode": mode.name, "backend": args.backend, "machine": machine()}
-        res["batchd"] = bench_batchd(mode, root, args.backend)
-        res["peers"] = {"tsp": bench_tsp(mode, root / "tsp"), "nq": bench_nq(mode, root / "nq")}
-        res["targets"] = targets(res["batchd"], res["peers"]["tsp"])
-    res["elapsed_s"] = round(time.monotonic() - t0, 1)
+    try:
+        with terminate_as_exit():
+            if args.profile:
+                run_profile(Path(args.profile).resolve(), mode.drain_n, args.backend, args.dir)
+                return 0
+            res = run_bench(mode, args.backend, args.dir)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("bench: the benchmark itself failed (no figures)", file=sys.stderr)
+        return 1
     m = res["machine"]
     print(
-        f"batchd bench ({mode.name}, {args.backend}) {m['date']}: {m['cpus']} x {m['cpu']}, "
-        f"Linux {m['kernel']}, {m['tmp_fs']}, Python {m['python']}"
+        f"batchd bench: {mode.name} mode, {args.backend}, {m['date']}\n"
+        f"machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, "
+        f"temp dir on {m['tmp_fs']}, Python {m['python']}\n"
     )
     print(table(res))
-    print(f"elapsed {res['elapsed_s']} s")
+    missed = [k for k, v in res["targets"].items() if v is False]
+    print(f"\ntargets missed: {', '.join(missed) or 'none'}   (elapsed {res['elapsed_s']} s)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 

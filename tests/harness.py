@@ -226,7 +226,7 @@ class Daemon:
 
     def batch_states(self) -> list[dict[str, Any]]:
         """Every batch's state.json as stored on disk, by seq."""
-        out = []
+        out: list[dict[str, Any]] = []
         bdir = self.state / "batches"
         if not bdir.is_dir():
             return out
