@@ -1,0 +1,114 @@
+"""Where an attempt runs: the boundary between the queue and a runner engine.
+
+The queue, the policy and the state never know which engine runs an attempt.
+An engine starts an attempt from a ``LaunchSpec``, hands back a ``Run`` to
+wait on or stop, finds its runs again after a daemon restart, and stops the
+runs of this state dir that nobody recorded. Two engines exist: ``local``
+(a process group on this machine, ``engines/local.py``) and ``slurm`` (a
+batch job, ``engines/slurm.py``). A third one (Kubernetes Jobs, HTCondor) is a
+new module implementing ``RunnerEngine``; see docs/engines.md for the mapping.
+
+What an engine must never do: decide what an outcome means (that is
+``classify``), write state files, or pass feature text through a shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from batchd.classify import RawResult
+
+SpawnKind = Literal["cwd", "runner", "submit"]
+
+
+class SpawnError(Exception):
+    """The attempt could not be started, and it is not the feature's fault.
+
+    ``kind`` says what to fix: ``cwd`` (the working directory is missing),
+    ``runner`` (the program cannot be started), ``submit`` (the cluster
+    refused the job: controller down, bad ``slurm.sbatch_args``). No attempt
+    is charged; the queue (or the batch, for its own cwd) is paused.
+    """
+
+    def __init__(self, kind: SpawnKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: SpawnKind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchSpec:
+    """Everything an engine needs to start one attempt."""
+
+    run_id: str  # BATCHD_RUN_ID: "<state key>-<batch id>-<index>-<attempt>-<random>"
+    argv: list[str]  # runner.command, rendered; one element per argument, never a shell
+    env: dict[str, str]  # the whole environment of the program
+    cwd: str
+    log_path: Path  # the attempt log; a re-run of an interrupted attempt appends to it
+    timeout: float = 0.0  # seconds; 0 = none
+    kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    max_log_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRef:
+    """What the attempt records durably so that the run can be found after a restart."""
+
+    pid: int | None = None  # local: the process group leader
+    pid_start_time: int | None = None  # local: its start time (clock ticks since boot)
+    job_id: str | None = None  # slurm: the job id
+
+
+class Run(Protocol):
+    """One started attempt.
+
+    ``wait`` returns once the attempt has ended: it exited, timed out
+    (``timed_out``), or was stopped by ``stop`` (``interrupted``). Cancellation:
+    cancelling ``wait`` stops the attempt (shielded, bounded by ``kill_grace``)
+    before the cancellation proceeds, except for engines whose runs outlive the
+    daemon by design (slurm), where it only stops waiting.
+    """
+
+    @property
+    def ref(self) -> RunRef: ...
+
+    def describe(self) -> str | None:
+        """A short live state for ``status`` (a Slurm job state such as ``RUNNING``), or None."""
+        ...
+
+    def stop(self, reason: str) -> None:
+        """End the attempt now; ``wait`` then returns with ``interrupted``. Idempotent."""
+        ...
+
+    async def wait(self) -> RawResult: ...
+
+
+class RunnerEngine(Protocol):
+    """Starts attempts, and finds them again after a restart."""
+
+    name: str
+
+    async def start(self, spec: LaunchSpec) -> Run:
+        """Start the attempt; ``SpawnError`` when it cannot be started."""
+        ...
+
+    async def reattach(self, ref: RunRef, spec: LaunchSpec) -> Run | None:
+        """After a daemon restart: the run recorded as ``ref``, to wait on again.
+
+        A run that ended meanwhile comes back as a ``Run`` whose ``wait`` returns
+        at once with what it left behind. None when it cannot be waited on (the
+        local engine then has stopped it; a Slurm job that left no trace): the
+        attempt is recorded ``interrupted`` and runs again.
+        """
+        ...
+
+    async def stop_orphans(self, run_id_prefix: str, known: set[str]) -> list[str]:
+        """Stop every run of this state dir (its run id starts with ``run_id_prefix``)
+        whose run id is not in ``known``; say what was stopped, one line each."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the engine holds (pollers, helper files); runs are left as they are."""
+        ...
