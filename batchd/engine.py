@@ -133,6 +133,7 @@ class Engine:
         self.changed = anyio.Event()
         self._wake = anyio.Event()
         self._dirty: dict[str, tuple[bool, bool]] = {}  # batch id -> (state, retry) unwritten
+        self._unwritten_audit: dict[str, tuple[AuditEvent, ...]] = {}
         self._daemon_dirty = False
         self._write_error: str | None = None
         self._last_id_us = 0
@@ -162,6 +163,11 @@ class Engine:
             log.error("state: %s", p.message)
         for state, retry in loaded:
             self.batches[state.batch_id] = Batch(state, retry)
+        if self.store.temp_files_removed:
+            log.info(
+                "state: removed %d temp files left by an interrupted write (harmless)",
+                self.store.temp_files_removed,
+            )
         top = max((b.state.seq for b in self.batches.values()), default=0)
         if self.daemon.next_seq <= top:
             self.daemon.next_seq = top + 1
@@ -290,14 +296,20 @@ class Engine:
             return True  # pruned meanwhile
         old = self._dirty.pop(bid, (False, False))
         want_state, want_retry = True, retry or old[1]
+        pending = self._unwritten_audit.pop(bid, ()) + events
         try:
+            # The audit record of a decision is durable before the state shows it.
+            if pending:
+                self.store.append_audit(bid, pending)
+                pending = ()
+                failpoints.hit("after_audit_write")
             if want_retry:
                 self.store.save_retry(batch.retry)
             self.store.save_state(batch.state)
-            if events:
-                self.store.append_audit(bid, events)
         except (OSError, StoreError) as e:
             self._dirty[bid] = (want_state, want_retry)
+            if pending:
+                self._unwritten_audit[bid] = pending
             self._write_failed(f"cannot write the state of {bid}: {e}", bid)
             return False
         return True

@@ -13,7 +13,8 @@ Points: ``after_batch_write`` (spool: batch state written, source not moved),
 ``after_spawn`` (runner started, its attempt and pid not yet written),
 ``after_attempt_record`` (attempt with pid written, runner running),
 ``after_runner_exit`` (runner ended, nothing recorded), ``before_outcome_write``
-(outcome computed, not yet written).
+(outcome computed, not yet written), ``after_audit_write`` (a decision's audit
+record written, the state that applies it not yet).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
+TEMP_SUFFIX = ".tmp"
 
 STATE = "state.json"
 RETRY = "retry_state.json"
@@ -93,6 +94,41 @@ def fsync_dir(path: Path) -> None:
         os.close(dfd)
 
 
+def temp_name(name: str) -> str:
+    """A temp file name for one write of ``name``: unique per write, not only per pid.
+
+    In a container every start of the daemon may get the same pid, so a name
+    keyed on the pid alone collides (``EEXIST``) with what a killed start left.
+    """
+    return f".{name}.{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    """A temp file of ``write_durable``, this version's or 0.1.0's (``.<name>.<pid>.tmp``)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Remove the temp files a killed writer left in ``directory``; how many were removed.
+
+    Only for directories that nobody else writes into while we hold the lock
+    (the state dir and its batch dirs). Never follows a link: ``unlink`` removes
+    a symlink itself.
+    """
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for entry in entries:
+            if is_temp_name(entry.name) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def write_durable(directory: Path, name: str, data: bytes) -> None:
     """Atomically and durably replace ``directory/name`` with ``data`` (mode 0600)."""
     failpoints.check_write()
@@ -105,7 +141,7 @@ def write_durable(directory: Path, name: str, data: bytes) -> None:
         else:
             if stat.S_ISLNK(st.st_mode):
                 raise StoreError(f"{directory / name} is a symlink; refusing to write through it")
-        tmp = f".{name}.{os.getpid()}.tmp"
+        tmp = temp_name(name)
         fd = os.open(tmp, _O_TMP, 0o600, dir_fd=dfd)
         try:
             view = memoryview(data)
@@ -247,12 +283,14 @@ class Store:
         self.batches = state_dir / "batches"
         self._lock_fd: int | None = None
         self._encoder = StateEncoder()
+        self.temp_files_removed = 0  # left by a killed daemon; removed at start
 
     def open(self) -> None:
         """Create the layout (0700) and take the single-instance lock."""
         ensure_dir(self.root)
         ensure_dir(self.batches)
         self.lock()
+        self.temp_files_removed += remove_temp_files(self.root)
 
     def lock(self) -> None:
         path = self.root / "batchd.lock"
@@ -380,6 +418,7 @@ class Store:
             if not stat.S_ISDIR(os.lstat(bdir).st_mode):
                 problems.append(Problem("bad_batch_dir", f"{bdir} is not a directory", name))
                 continue
+            self.temp_files_removed += remove_temp_files(bdir)
             loaded = self._load_one(bdir, name, problems)
             if loaded is not None:
                 found.append(loaded)

@@ -151,3 +151,30 @@ def test_random_kills_lose_nothing(make_daemon: MakeDaemon) -> None:
     assert extra <= kills, "only a feature in flight at a kill runs again"
     interrupted = sum(h["outcome"] == "interrupted" for h in state["processing_history"])
     assert interrupted <= kills
+
+
+def test_audit_is_durable_before_the_state_that_applies_it(make_daemon: MakeDaemon) -> None:
+    """A kill between the audit append and the state write: the audit holds the decision,
+    the state does not; after the restart the attempt runs again and is audited again."""
+    d = make_daemon(
+        config="[retry]\nbackoff_initial = 0.05\njitter = \"none\"\n",
+        env={"BATCH_RETRY_ENABLED": "true"},
+    )
+    d.start(env={"BATCHD_FAILPOINTS": "after_audit_write"})
+    d.drop("a.txt", ["flaky fail_until=2"])
+    assert d.proc is not None
+    assert d.proc.wait(30) == -9
+    [state] = d.batch_states()
+    [decision] = [e for e in d.audit(state["batch_id"]) if e["event_type"] == "retry_decision"]
+    assert decision["decision"] == "retry" and decision["retry_count"] == 1
+    # The state never saw that decision: the attempt is still open, no retry counted.
+    assert [h["outcome"] for h in state["processing_history"]] == [None]
+    assert d.retry_state(state["batch_id"])["retry_counts"] == {}
+    d.start()
+    [state] = d.wait_finished(1)
+    assert state["status"] == "completed"
+    outcomes = [(h["attempt"], h["outcome"]) for h in state["processing_history"]]
+    assert outcomes == [(1, "interrupted"), (1, "failed"), (2, "completed")]
+    decisions = [e for e in d.audit(state["batch_id"]) if e["event_type"] == "retry_decision"]
+    assert len(decisions) == 2 and all(e["retry_count"] == 1 for e in decisions)
+    assert d.retry_state(state["batch_id"])["retry_counts"] == {"0": 1}

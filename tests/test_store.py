@@ -15,7 +15,7 @@ import pytest
 
 from batchd import failpoints
 from batchd.model import BatchState, RetryState, utc_iso
-from batchd.store import Store, StoreError, ensure_dir, write_durable
+from batchd.store import Store, StoreError, ensure_dir, is_temp_name, temp_name, write_durable
 
 
 def make_state(batch_id: str = "batch-20261124-050653-123456", n: int = 3) -> BatchState:
@@ -79,6 +79,49 @@ def test_crash_between_temp_write_and_rename_leaves_old_file(tmp_path: Path) -> 
     # The next write succeeds despite the leftover temp file of the dead process.
     write_durable(d, "state.json", b'{"new": true}')
     assert json.loads((d / "state.json").read_bytes()) == {"new": True}
+
+
+def test_a_leftover_temp_file_of_the_same_pid_does_not_block_writes(tmp_path: Path) -> None:
+    """Regression: in a PID namespace every start gets the same pid, and 0.1.0's temp name
+    ``.<name>.<pid>.tmp`` left by a killed start made every later write fail with EEXIST."""
+    d = tmp_path / "d"
+    d.mkdir(mode=0o700)
+    (d / f".state.json.{os.getpid()}.tmp").write_bytes(b"half")
+    (d / temp_name("state.json")).write_bytes(b"half")
+    for i in range(3):
+        write_durable(d, "state.json", f'{{"n": {i}}}'.encode())
+    assert json.loads((d / "state.json").read_bytes()) == {"n": 2}
+
+
+def test_temp_names_are_unique_per_write() -> None:
+    """Two writes of one file by one process never share a temp name."""
+    names = {temp_name("state.json") for _ in range(1000)}
+    assert len(names) == 1000 and all(is_temp_name(n) for n in names)
+
+
+def test_open_and_load_remove_temp_files_left_by_a_kill(tmp_path: Path) -> None:
+    """Temp files a killed daemon left (both name formats) go at start; nothing else does."""
+    first = Store(tmp_path / "state")
+    first.open()
+    bdir = first.create_batch(make_state(), make_retry())
+    first.close()
+    leftovers = [
+        tmp_path / "state" / f".daemon.json.{os.getpid()}.tmp",
+        tmp_path / "state" / temp_name("user_state.json"),
+        bdir / ".state.json.1.tmp",
+        bdir / temp_name("retry_state.json"),
+    ]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    keep = [bdir / "state.json", bdir / "retry_state.json", tmp_path / "state" / "notes.txt"]
+    keep[2].write_text("mine")
+    store = Store(tmp_path / "state")
+    store.open()
+    [(state, _)], problems = store.load_batches()
+    assert problems == [] and state == make_state()
+    assert store.temp_files_removed == 4
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in keep)
 
 
 def test_symlink_in_place_of_state_file_is_refused(store: Store, tmp_path: Path) -> None:
