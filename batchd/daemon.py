@@ -24,8 +24,8 @@ from batchd.config import Config
 from batchd.engine import PAUSE_RUNNER, Engine, limits_from
 from batchd.paths import ConfigError
 from batchd.server import SocketInUse, bind_socket, serve
-from batchd.spool import Spool
-from batchd.store import Store, StoreError, ensure_dir
+from batchd.spool import Spool, SpoolError, SpoolLock
+from batchd.store import Store, StoreError
 
 log = logging.getLogger("batchd")
 
@@ -37,14 +37,16 @@ def run(cfg: Config, backend: str, reload: Reload) -> int:
     store = Store(cfg.paths.state_dir)
     try:
         store.open()
-        ensure_dir(cfg.paths.spool_dir)
-    except (StoreError, OSError) as e:
+        spool_lock = SpoolLock.acquire(cfg.paths.spool_dir, cfg.paths.state_dir)
+    except (StoreError, SpoolError, OSError) as e:
         log.error("%s", e)
+        store.close()
         return 1
     runner.become_subreaper()
     try:
         return anyio.run(_main, cfg, store, backend, reload, backend=backend)
     finally:
+        spool_lock.close()
         store.close()
 
 

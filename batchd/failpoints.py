@@ -6,10 +6,15 @@ costs one dict lookup per point. Syntax, comma separated:
 
 - ``NAME``: ``SIGKILL`` this process the first time point NAME is reached;
 - ``NAME@N``: ... the N-th time (1-based);
+- ``NAME:pause`` (or ``NAME@N:pause``): instead of dying, create
+  ``$BATCHD_FAILPOINT_DIR/NAME.hit`` and block until ``NAME.go`` appears there
+  (at most 60 s), so that a test can act inside a window and then let go;
 - ``enospc=PATH``: while the file PATH exists, every durable state write fails
   with ``ENOSPC`` (delete PATH and the disk has "space" again).
 
-Points: ``after_batch_write`` (spool: batch state written, source not moved),
+Points: ``before_claim`` (spool: a file read and found acceptable, not yet
+claimed), ``after_claim`` (claimed into ``.claimed/``, no batch yet),
+``after_batch_write`` (batch state written, source not moved),
 ``after_spawn`` (runner started, its attempt and pid not yet written),
 ``after_attempt_record`` (attempt with pid written, runner running),
 ``after_runner_exit`` (runner ended, nothing recorded), ``before_outcome_write``
@@ -22,8 +27,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
-_POINTS: dict[str, int] = {}
+_POINTS: dict[str, tuple[int, bool]] = {}  # name -> (nth hit, pause instead of kill)
 _HITS: dict[str, int] = {}
 _ENOSPC_FLAG: str | None = None
 
@@ -40,8 +46,9 @@ def configure(spec: str | None) -> None:
         if item.startswith("enospc="):
             _ENOSPC_FLAG = item.removeprefix("enospc=")
             continue
+        item, _, action = item.partition(":")
         name, _, nth = item.partition("@")
-        _POINTS[name] = int(nth) if nth else 1
+        _POINTS[name] = (int(nth) if nth else 1, action == "pause")
 
 
 def hit(name: str) -> None:
@@ -49,8 +56,17 @@ def hit(name: str) -> None:
     if not _POINTS or name not in _POINTS:
         return
     _HITS[name] = _HITS.get(name, 0) + 1
-    if _HITS[name] == _POINTS[name]:
+    nth, pause = _POINTS[name]
+    if _HITS[name] != nth:
+        return
+    if not pause:
         os.kill(os.getpid(), signal.SIGKILL)
+    where = os.environ.get("BATCHD_FAILPOINT_DIR", ".")
+    with open(os.path.join(where, f"{name}.hit"), "w"):
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(where, f"{name}.go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def check_write() -> None:

@@ -1,18 +1,26 @@
-"""The spool directory (SPEC section 3): watching, settling, reading safely, rejecting.
+"""The spool directory (SPEC section 3): owning, watching, settling, claiming, rejecting.
 
-Owns everything between "a name appeared in the spool" and "here are validated
-bytes": ignore rules, the settle time of plain files, the one re-try of a
-``.json`` request, ``lstat`` before anything, opening with ``O_NOFOLLOW |
-O_NONBLOCK`` (never block on a FIFO, never follow a link), and moving refused
-entries to ``rejected/`` with a ``.error`` sidecar. Turning accepted bytes into
+Owns everything between "a name appeared in the spool" and "here is a claimed,
+validated file": the lock that makes one daemon the owner of a spool, ignore
+rules, the settle time of plain files, the one re-try of a ``.json`` request,
+``lstat`` before anything, opening with ``O_NOFOLLOW | O_NONBLOCK`` (never
+block on a FIFO, never follow a link), the claim (an atomic rename into
+``.claimed/``: only a claim that succeeded becomes a batch), and moving refused
+entries to ``rejected/`` with a ``.error`` sidecar. Turning a claimed file into
 a batch is the engine's (``Engine.ingest``); deciding whether bytes are
 acceptable is ``parse``'s.
+
+A kill between the claim and the batch leaves the file in ``.claimed/``; every
+scan handles such leftovers first, so it becomes exactly one batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -24,6 +32,7 @@ from pathlib import Path
 import anyio
 from watchfiles import awatch
 
+from batchd import failpoints
 from batchd.classify import sanitize
 from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
 from batchd.store import ensure_dir, fsync_dir, write_durable
@@ -32,6 +41,8 @@ log = logging.getLogger("batchd.spool")
 logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
 
 REJECTED = "rejected"
+CLAIMED = ".claimed"  # claimed files wait here for their batch (same file system, always)
+LOCK = ".batchd.lock"  # held by the daemon that owns this spool
 # watchfiles' watcher thread wakes every ``step`` ms (it polls its stop event): 4 wakeups a
 # second costs ~0.01% CPU when idle. ``batchctl submit`` pings the daemon, which scans at
 # once, so a submitted batch does not wait for this.
@@ -60,13 +71,67 @@ def _kind(mode: int) -> str | None:
     return "is a device or special file; only regular files are read"
 
 
+class SpoolError(Exception):
+    """The spool cannot be used by this daemon (another one owns it, or it is unusable)."""
+
+
+class SpoolLock:
+    """One daemon owns a spool: an ``flock`` on ``spool_dir/.batchd.lock``.
+
+    The file says who holds it (pid and state dir), so that a second daemon can
+    say which one it collided with. The lock goes with the process (a kill
+    leaves a file that the next ``flock`` simply takes).
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def acquire(cls, spool_dir: Path, state_dir: Path) -> SpoolLock:
+        ensure_dir(spool_dir)
+        path = spool_dir / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise SpoolError(f"{path} is a symlink; remove it") from None
+            raise SpoolError(f"cannot open the spool lock {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise SpoolError(
+                f"the spool {spool_dir} is already owned by another batchd{holder}; "
+                "one spool has one daemon: stop that one, or give this one its own --spool"
+            ) from None
+        me = json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        return cls(fd, path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _holder(raw: bytes) -> str:
+    """`` (pid N, state dir D)`` from a lock file's content, or nothing when unreadable."""
+    try:
+        info = json.loads(raw)
+        return f" (pid {int(info['pid'])}, state dir {sanitize(str(info['state_dir']))})"
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 @dataclass(frozen=True)
 class Accepted:
-    """A spool entry that passed validation: the engine turns it into a batch."""
+    """A claimed spool file that passed validation: the engine turns it into a batch."""
 
     name: str
-    path: Path
-    data: bytes
+    path: Path  # in .claimed/
     sha256: str
     parsed: ParsedBatch
 
@@ -82,7 +147,7 @@ class Spool:
         self.ingest = ingest
         self._json_retry: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._poke = anyio.Event()
-        self.rejected_count = 0
+        self.claimed = spool_dir / CLAIMED
 
     def reconfigure(self, limits: Limits, settle_ms: int) -> None:
         self.limits = limits
@@ -98,6 +163,7 @@ class Spool:
         except FileNotFoundError:
             ensure_dir(self.dir)
             return None
+        self._finish_claims()
         candidates: list[tuple[int, str, os.stat_result]] = []
         for entry in entries:
             if is_ignored(entry.name):
@@ -126,44 +192,87 @@ class Spool:
         if why is not None:
             self.reject(name, f"{name} {why}")
             return None
-        request = is_request_name(name)
-        if not request:
+        if is_request_name(name):
+            due = self._request_due(name, path, st, now)
+            if due is not None:
+                return due
+        else:
             changed = max(st.st_mtime, st.st_ctime)
             if now - changed < self.settle_s:
                 return changed + self.settle_s
-        try:
-            data = self._read(path, st)
-        except FileNotFoundError:
-            return None
-        except _Refused as e:
-            self.reject(name, str(e))
-            return None
-        if len(data) > self.limits.max_file_bytes:
-            self.reject(
-                name,
-                f"{name}: file is over spool.max_file_bytes ({self.limits.max_file_bytes}); "
-                "split it into smaller files or raise the limit",
-            )
-            return None
-        try:
-            parsed = parse_spool_file(name, data, self.limits)
-        except ParseError as e:
-            if request:
-                sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-                first = self._json_retry.get(name)
-                if first is None or first[0] != sig:
-                    # A request is written by rename, but give a slow writer one more chance.
-                    self._json_retry[name] = (sig, now + self.settle_s)
-                    return now + self.settle_s
-                if now < first[1]:
-                    return first[1]
-                del self._json_retry[name]
-            self.reject(name, str(e))
-            return None
-        self._json_retry.pop(name, None)
-        sha = hashlib.sha256(data).hexdigest()
-        self.ingest(Accepted(name=name, path=path, data=data, sha256=sha, parsed=parsed))
+        if self._claim(name):
+            self._accept_claimed(name)
         return None
+
+    def _request_due(self, name: str, path: Path, st: os.stat_result, now: float) -> float | None:
+        """A ``.json`` request that does not parse yet gets one more look after ``settle_ms``.
+
+        Returns when to look again, or None when it is ready to be claimed
+        (it parses, or its second chance is over and it will be rejected).
+        """
+        try:
+            parse_spool_file(name, self._read(path, st), self.limits)
+        except (FileNotFoundError, _Refused):
+            return None  # gone, or refused: the claimed copy says why
+        except ParseError:
+            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+            first = self._json_retry.get(name)
+            if first is None or first[0] != sig:
+                # A request is written by rename, but give a slow writer one more chance.
+                self._json_retry[name] = (sig, now + self.settle_s)
+                return now + self.settle_s
+            if now < first[1]:
+                return first[1]
+        self._json_retry.pop(name, None)
+        return None
+
+    def _claim(self, name: str) -> bool:
+        """Take ``name`` out of the spool into ``.claimed/`` by one rename; False if not ours."""
+        target = self.claimed / name
+        if os.path.lexists(target):
+            return False  # an earlier claim of that name still waits for its batch
+        failpoints.hit("before_claim")
+        ensure_dir(self.claimed)
+        try:
+            os.rename(self.dir / name, target)
+        except FileNotFoundError:
+            log.info("spool: %s was taken by someone else before it was claimed", sanitize(name))
+            return False
+        fsync_dir(self.dir)
+        fsync_dir(self.claimed)
+        failpoints.hit("after_claim")
+        return True
+
+    def _finish_claims(self) -> None:
+        """Turn claimed files into batches: leftovers of a kill, or of a failed batch write."""
+        try:
+            names = sorted(os.listdir(self.claimed))
+        except FileNotFoundError:
+            return
+        for name in names:
+            self._accept_claimed(name)
+
+    def _accept_claimed(self, name: str) -> None:
+        path = self.claimed / name
+        try:
+            st = os.lstat(path)
+            why = _kind(st.st_mode)
+            if why is not None:
+                raise _Refused(f"{name} {why}")
+            data = self._read(path, st)
+            if len(data) > self.limits.max_file_bytes:
+                raise _Refused(
+                    f"{name}: file is over spool.max_file_bytes ({self.limits.max_file_bytes}); "
+                    "split it into smaller files or raise the limit"
+                )
+            parsed = parse_spool_file(name, data, self.limits)
+        except FileNotFoundError:
+            return
+        except (_Refused, ParseError) as e:
+            self.reject(name, str(e), source=self.claimed)
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        self.ingest(Accepted(name=name, path=path, sha256=sha, parsed=parsed))
 
     def _read(self, path: Path, st: os.stat_result) -> bytes:
         try:
@@ -189,8 +298,9 @@ class Spool:
         finally:
             os.close(fd)
 
-    def reject(self, name: str, reason: str) -> None:
-        """Move ``name`` to ``rejected/`` (without opening it) with a ``.error`` sidecar."""
+    def reject(self, name: str, reason: str, source: Path | None = None) -> None:
+        """Move ``name`` (from the spool, or ``source``) to ``rejected/`` with a ``.error``
+        sidecar, without opening it."""
         reason = sanitize(reason)  # a file name or line may carry escapes or newlines
         rejected = self.dir / REJECTED
         ensure_dir(rejected)
@@ -199,8 +309,9 @@ class Spool:
         while os.path.lexists(rejected / dest) or os.path.lexists(rejected / f"{dest}.error"):
             dest = f"{name}.{n}"
             n += 1
+        src = source if source is not None else self.dir
         try:
-            os.rename(self.dir / name, rejected / dest)
+            os.rename(src / name, rejected / dest)
         except FileNotFoundError:
             return
         except OSError as e:
@@ -208,10 +319,9 @@ class Spool:
             return
         try:
             write_durable(rejected, f"{dest}.error", (reason + "\n").encode())
-            fsync_dir(self.dir)
+            fsync_dir(src)
         except OSError as e:
             log.error("spool: cannot write %s.error: %s", sanitize(dest), e)
-        self.rejected_count += 1
         log.warning("spool: rejected %s (moved to %s/)", reason, rejected)
 
     # --- watching ---

@@ -79,6 +79,7 @@ def test_named_crash_points(make_daemon: MakeDaemon, point: str) -> None:
     if point == "after_batch_write":
         assert (d.state / "batches" / state["batch_id"] / "source").exists()
         assert not (d.spool / "c.txt").exists()
+        assert not list((d.spool / ".claimed").iterdir())
 
 
 def test_idempotent_ingestion_and_same_file_later_is_new(make_daemon: MakeDaemon) -> None:
@@ -88,7 +89,7 @@ def test_idempotent_ingestion_and_same_file_later_is_new(make_daemon: MakeDaemon
     d.drop("same.txt", ["alpha"])
     assert d.proc is not None
     assert d.proc.wait(30) == -9
-    assert (d.spool / "same.txt").exists()
+    assert (d.spool / ".claimed" / "same.txt").exists()  # claimed; its batch has no source
     d.start()
     d.wait_finished(1)
     assert len(d.batch_states()) == 1

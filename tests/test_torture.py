@@ -130,8 +130,9 @@ def test_failing_disk_pauses_reports_and_recovers(make_daemon: MakeDaemon) -> No
     [state] = d.batch_states()  # the previous file is intact and readable
     assert state["completed_features"] == []
     d.drop("b.txt", ["later"])
-    time.sleep(1.0)
-    assert len(d.batch_states()) == 1 and (d.spool / "b.txt").exists()
+    # The file is claimed, and waits in .claimed/ until its batch can be written.
+    d.wait_for(lambda: (d.spool / ".claimed" / "b.txt").exists(), what="b.txt claimed")
+    assert len(d.batch_states()) == 1
     assert len([r for r in d.agent_runs() if r["event"] == "start"]) == 1
     assert d.request("status")["ok"]
     flag.unlink()
@@ -192,7 +193,8 @@ def kill_storm(d: Daemon, kills: int, seed: int) -> None:
     for f in (d.state / "batches").glob("*/*.json"):
         json.loads(f.read_bytes())  # never unreadable
     assert not list((d.state / "batches").glob("*/*.corrupt-*"))
-    assert not [p for p in d.spool.iterdir() if p.name != "rejected"]
+    assert not [p for p in d.spool.iterdir() if p.name not in ("rejected", ".claimed", ".batchd.lock")]
+    assert not list((d.spool / ".claimed").iterdir())
     assert_no_overlap(d)
 
 
