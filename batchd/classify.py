@@ -202,6 +202,7 @@ class RawResult:
     stdout_tail: bytes = b""
     stderr_tail: bytes = b""
     output_bytes: int = 0
+    log_error: str | None = None  # the attempt log is incomplete, and why
 
 
 @dataclass(frozen=True)

@@ -578,6 +578,7 @@ class Engine:
         try:
             raw = await proc.wait()
             failpoints.hit("after_runner_exit")
+            self._log_health(batch, index, number, raw.log_error)
             if raw.interrupted:
                 batch.mark_interrupted(time.time(), f"interrupted: {proc.stop_reason}")
                 self._persist(batch, retry=False)
@@ -589,6 +590,23 @@ class Engine:
             self.current = None
             current.done.set()
             self.touch()
+
+    def _log_health(self, batch: Batch, index: int, attempt: int, error: str | None) -> None:
+        """Report an incomplete attempt log under ``problems``; a complete one clears that."""
+        had = any(p.kind == "log_write" for p in self.problems)
+        self.problems = [p for p in self.problems if p.kind != "log_write"]
+        if error is None:
+            if had:
+                log.info("logs: attempt logs are written again")
+            return
+        path = self.store.log_path(batch.batch_id, index, attempt)
+        message = (
+            f"{batch.batch_id}: the log of feature {index + 1} attempt {attempt} is incomplete "
+            f"({error}; {path}); the run went on and its outcome is recorded: free space "
+            "on the state dir's file system"
+        )
+        self.problems.append(Problem("log_write", message, batch.batch_id))
+        log.error("logs: %s", message)
 
     def _spawn_failed(self, batch: Batch, e: runner.SpawnError, now: float) -> None:
         if e.kind == "cwd" and batch.state.cwd:
