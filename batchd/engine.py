@@ -139,6 +139,7 @@ class Engine:
         self._last_id_us = 0
         self._dotenv_cache: dict[str, tuple[tuple[int, int], bool | None]] = {}
         self.state_key = hashlib.sha256(os.path.realpath(store.root).encode()).hexdigest()[:12]
+        self.config_file_seen = os.path.lexists(cfg.paths.config)
         self.apply_config(cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -590,6 +591,13 @@ class Engine:
             self.current = None
             current.done.set()
             self.touch()
+
+    def set_problem(self, kind: str, message: str | None, batch_id: str | None = None) -> None:
+        """Report (or, with None, clear) the one problem of ``kind``."""
+        self.problems = [p for p in self.problems if p.kind != kind]
+        if message is not None:
+            self.problems.append(Problem(kind, message, batch_id))
+        self.touch()
 
     def _log_health(self, batch: Batch, index: int, attempt: int, error: str | None) -> None:
         """Report an incomplete attempt log under ``problems``; a complete one clears that."""
