@@ -85,11 +85,19 @@ class Daemon:
 
     # --- process control ---
 
-    def start(self, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        *args: str,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """Start the daemon (``prefix`` goes before it, e.g. an ``unshare`` command)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "batchd",
