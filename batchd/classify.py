@@ -3,7 +3,8 @@
 * ``sanitize``: the one gate that runner-derived text passes through before it
   reaches the daemon's log, a state file, the audit log or a control reply
   (CWE-117): escape sequences and control characters out, CR/LF to spaces,
-  secrets redacted, cut at 1000 characters.
+  secrets redacted, cut so that the whole message, ``...[truncated]`` marker
+  included, is at most 1000 characters.
 * ``parse_claude_result``: Claude Code's headless ``{"type": "result", ...}``.
 * ``Classifier.judge``: outcome, failure type and message of an attempt
   (SPEC section 5 for the outcome, section 6 for transient vs permanent).
@@ -67,7 +68,8 @@ def redact(text: str) -> str:
 
 
 def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """Make runner-derived text safe for logs, state, audit and replies."""
+    """Make runner-derived text safe for logs, state, audit and replies: at most ``limit``
+    characters, the ``...[truncated]`` marker of a cut text included."""
     # Redact before stripping escapes too: an escape sequence swallows the character
     # after it, which could be the first of a secret and leave the rest unrecognised.
     text = redact(text)
@@ -76,7 +78,8 @@ def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     text = _CONTROL_RE.sub("", text)
     text = redact(text)
     if len(text) > limit:
-        text = text[:limit] + TRUNCATED
+        marker = TRUNCATED if limit > len(TRUNCATED) else ""
+        text = text[: limit - len(marker)] + marker
     return text
 
 

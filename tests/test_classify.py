@@ -334,10 +334,10 @@ def test_invalid_utf8_on_stderr_is_tolerated() -> None:
 
 
 def test_long_stderr_message_is_capped() -> None:
-    """The message is cut to 1000 characters plus the truncation marker."""
+    """Regression (was 1014): the message is 1000 characters, the truncation marker included."""
     v = judge(exit_code=1, stderr_tail=b"x" * 70_000)
     assert v.message is not None and v.message.endswith(TRUNCATED)
-    assert len(v.message) == 1000 + len(TRUNCATED)
+    assert len(v.message) == 1000
 
 
 # --- retry hints ----------------------------------------------------------------
@@ -396,8 +396,10 @@ def test_sanitize_examples() -> None:
     assert sanitize("a\tb") == "a b"
     assert sanitize("\x1b]0;title\x07visible") == "visible"
     assert sanitize("\x9b31mc1 csi") == "c1 csi"
-    assert sanitize("x" * 1001) == "x" * 1000 + TRUNCATED
+    assert sanitize("x" * 1001) == "x" * (1000 - len(TRUNCATED)) + TRUNCATED
     assert sanitize("x" * 1000) == "x" * 1000
+    assert sanitize("x" * 400, 300) == "x" * (300 - len(TRUNCATED)) + TRUNCATED
+    assert sanitize("x" * 20, 5) == "xxxxx"  # no room for the marker: cut bare
 
 
 @pytest.mark.parametrize(
@@ -439,10 +441,17 @@ def test_sanitize_leaves_ordinary_text_alone(text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=3000))
 def test_no_control_character_survives_and_the_cap_holds(text: str) -> None:
-    """Whatever the input, no C0, DEL or C1 character survives and the length is capped."""
+    """Whatever the input, no C0, DEL or C1 character survives and it is 1000 characters at most."""
     out = sanitize(text)
     assert not CONTROL.search(out)
-    assert len(out) <= 1000 + len(TRUNCATED)
+    assert len(out) <= 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=1500), st.integers(0, 1200))
+def test_any_limit_is_a_hard_cap(text: str, limit: int) -> None:
+    """sanitize(text, limit) is never longer than limit, however short the limit."""
+    assert len(sanitize(text, limit)) <= limit
 
 
 @settings(max_examples=200, deadline=None)
@@ -500,6 +509,15 @@ def test_plain_text_comes_out_unchanged(text: str) -> None:
     """Printable text up to 1000 characters with no escape and no secret is not changed."""
     assume(not _SECRET_LIKE.search(text.lower()))
     assert sanitize(text) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(PLAIN, st.text(alphabet="abc xyz", min_size=1001, max_size=3000))
+def test_plain_text_over_the_limit_is_its_start_and_the_marker(head: str, tail: str) -> None:
+    """Plain text over 1000 characters becomes its first 986 characters and the marker."""
+    text = head + tail
+    assume(not _SECRET_LIKE.search(text.lower()))
+    assert sanitize(text) == text[: 1000 - len(TRUNCATED)] + TRUNCATED
 
 
 @pytest.mark.parametrize("lead", ["\x1b", "\x1b ", "\x1b[", "\x9b", "\x1b(", "\x1b]0;\x07\x1b"])
