@@ -40,6 +40,7 @@ class RunnerConfig(Base):
     max_log_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
     output_format: Literal["auto", "text", "claude-json"] = "auto"
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    allow_permission_denials: bool = False
 
 
 class SpoolConfig(Base):

@@ -27,6 +27,7 @@ SPEC_DEFAULTS = {
         "max_log_bytes": 10485760,
         "output_format": "auto",
         "env": {},
+        "allow_permission_denials": False,
     },
     "spool": {
         "max_file_bytes": 1048576,
@@ -114,6 +115,7 @@ kill_grace = 3
 max_log_bytes = 2048
 output_format = "claude-json"
 env = { PATH = "/usr/bin", API_KEY = "x" }
+allow_permission_denials = true
 [spool]
 max_file_bytes = 10
 max_features = 2
@@ -147,6 +149,7 @@ timeout = 5
     assert (c.runner.timeout, c.runner.kill_grace, c.runner.max_log_bytes) == (1.5, 3.0, 2048)
     assert c.runner.output_format == "claude-json"
     assert c.runner.env == {"PATH": "/usr/bin", "API_KEY": "x"}
+    assert c.runner.allow_permission_denials is True
     assert (c.spool.max_file_bytes, c.spool.max_features, c.spool.settle_ms) == (10, 2, 0)
     assert (c.retry.max_per_feature, c.retry.backoff_initial, c.retry.jitter) == (0, 0.5, "none")
     assert (c.breaker.threshold, c.breaker.on_open, c.breaker.cooldown) == (1, "pause", 30.0)
@@ -322,6 +325,12 @@ def test_bad_runner_override_names_its_source(
         pytest.param("spool_dir = 3\n", "spool_dir", "Expected a non-empty", id="path-type"),
         pytest.param("socket = ''\n", "socket", "Expected a non-empty", id="path-empty"),
         pytest.param("[hooks]\ntimeout = true\n", "hooks.timeout", "Expected float", id="bool"),
+        pytest.param(
+            "[runner]\nallow_permission_denials = 'yes'\n",
+            "runner.allow_permission_denials",
+            "Expected bool",
+            id="allow-denials",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, detail: str) -> None:
