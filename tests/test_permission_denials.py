@@ -14,13 +14,7 @@ from tests.harness import Daemon
 
 MakeDaemon = Callable[..., Daemon]
 
-FAST = """
-[retry]
-backoff_initial = 0.05
-backoff_max = 0.2
-jitter = "none"
-"""
-ON = {"BATCH_RETRY_ENABLED": "true"}
+ON = {"BATCH_RETRY_ENABLED": "true"}  # consent given: only the failure type stops a retry
 
 
 def attempts(state: dict[str, Any], index: int) -> list[dict[str, Any]]:
@@ -29,7 +23,7 @@ def attempts(state: dict[str, Any], index: int) -> list[dict[str, Any]]:
 
 def test_denied_tools_fail_the_feature_for_good(make_daemon: MakeDaemon) -> None:
     """An exit-0 result listing denied tools is failed, permanent, run once, tools and fix named."""
-    d = make_daemon(config=FAST, env=ON)
+    d = make_daemon(env=ON)
     d.start()
     d.drop("w.txt", ["write the file denied=Write,Bash,Write", "plain next"])
     [state] = d.wait_finished(1)
@@ -58,7 +52,7 @@ def test_denied_tools_fail_the_feature_for_good(make_daemon: MakeDaemon) -> None
 
 def test_allow_permission_denials_completes(make_daemon: MakeDaemon) -> None:
     """With runner.allow_permission_denials = true the same result completes."""
-    d = make_daemon(config=FAST, env=ON)
+    d = make_daemon(env=ON)
     text = d.config_path.read_text()
     d.config_path.write_text(
         text.replace("[runner]\n", "[runner]\nallow_permission_denials = true\n", 1)

@@ -127,25 +127,25 @@ def test_lone_braces_and_odd_fields_are_refused(element: str, problem: str) -> N
 # --- through a real daemon -----------------------------------------------------------
 
 
+def refused(d: Daemon, *args: str) -> str:
+    """Start the daemon, expect exit 78 (EX_CONFIG) before it serves; its stderr."""
+    d.start(*args, wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 78, d.stderr()
+    assert d.agent_runs() == [] and not d.socket.exists()
+    return d.stderr()
+
+
 def test_daemon_refuses_an_unknown_placeholder_with_exit_78(make_daemon: MakeDaemon) -> None:
     """batchd --runner 'echo {featur} {Feature}' exits 78 naming {featur} and the valid ones."""
-    d = make_daemon()
-    d.start("--runner", "echo {featur} {Feature}", wait=False)
-    assert d.proc is not None
-    assert d.proc.wait(30) == 78
-    err = d.stderr()
+    err = refused(make_daemon(), "--runner", "echo {featur} {Feature}")
     assert "--runner: runner.command[1]: unknown placeholder {featur}" in err, err
     assert "{Feature}" in err and VALID in err
-    assert d.agent_runs() == [] and not d.socket.exists()
 
 
 def test_daemon_refuses_a_bad_hook_in_the_config_file(make_daemon: MakeDaemon) -> None:
     """A hook argv with an unknown placeholder in config.toml: exit 78 naming file and key."""
     d = make_daemon(config='[hooks]\nafter_feature = ["notify", "{outcome}"]\n')
-    d.start(wait=False)
-    assert d.proc is not None
-    assert d.proc.wait(30) == 78
-    err = d.stderr()
+    err = refused(d)
     assert f"{d.config_path}: hooks.after_feature[1]: unknown placeholder {{outcome}}" in err, err
 
 
