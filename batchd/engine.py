@@ -148,7 +148,10 @@ class Engine:
         self.limits = limits_from(cfg)
         c = cfg.classify
         self.classifier = Classifier.build(
-            c.transient_patterns, c.permanent_patterns, c.transient_exit_codes
+            c.transient_patterns,
+            c.permanent_patterns,
+            c.transient_exit_codes,
+            allow_permission_denials=cfg.runner.allow_permission_denials,
         )
         self.base_env = child_env(self.env)
 

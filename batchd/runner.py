@@ -18,7 +18,6 @@ import ctypes
 import errno
 import math
 import os
-import re
 import signal
 import subprocess
 import time
@@ -31,6 +30,7 @@ from typing import Literal
 import anyio
 
 from batchd.classify import RawResult
+from batchd.template import render
 
 STDERR_TAIL = 64 * 1024
 STDOUT_TAIL = 256 * 1024
@@ -38,12 +38,10 @@ _CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT_S = 2.0  # a setsid() grandchild can hold the pipe: stop reading after this
 _POLL_S = 0.02
 
-_PLACEHOLDER_RE = re.compile(r"\{(feature|index|batch_id|attempt|issue)\}")
-
 
 def render_argv(template: Iterable[str], values: Mapping[str, str]) -> list[str]:
     """Replace ``{feature}`` etc. inside each element, in one pass (inserted text is final)."""
-    return [_PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], part) for part in template]
+    return render(template, values)
 
 
 class SpawnError(Exception):

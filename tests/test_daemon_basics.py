@@ -215,6 +215,8 @@ def test_state_files_are_private(make_daemon: MakeDaemon) -> None:
 def test_log_cap_keeps_head_and_tail(make_daemon: MakeDaemon) -> None:
     """Past max_log_bytes the attempt log keeps the first and last halves with a marker."""
     code = "import sys\nfor i in range(60000): sys.stdout.write(f'line {i:06d}\\n')\n"
+    # Braces in runner.command are placeholders: the code's own are written doubled.
+    code = code.replace("{", "{{").replace("}", "}}")
     d = make_daemon(runner=[sys.executable, "-c", code], config="")
     d.config_path.write_text(
         d.config_path.read_text().replace(
