@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -253,8 +254,7 @@ def test_kill_storm_inside_a_pid_namespace(make_daemon: MakeDaemon) -> None:
     for _ in range(30):
         time.sleep(rng.uniform(0.0, 0.3))
         assert d.proc is not None
-        outer = d.proc.pid
-        init = d.wait_for(lambda: _namespace_init(outer), what="PID 1 of the namespace")
+        init = d.wait_for(partial(_namespace_init, d.proc.pid), what="PID 1 of the namespace")
         os.kill(init, signal.SIGKILL)  # the whole namespace dies, like a container stop
         d.proc.wait(10)
         d.start(prefix=prefix)
