@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -34,6 +35,9 @@ from batchd.model import (
 from batchd.parse import ParsedBatch
 from batchd.protocol import E_BAD_ARGS, E_BAD_STATE
 from batchd.schedule import Candidate
+
+if TYPE_CHECKING:
+    from batchd.config import Config
 
 PAUSE_USER = "user"
 PAUSE_BREAKER = "breaker"
@@ -85,6 +89,26 @@ class Step:
     finished: bool = False  # run the on_batch_done hook
     paused: str | None = None  # the batch paused because of this outcome (breaker, cost_limit)
     reason: str | None = None  # the retry decision's reason code, for a failed attempt
+
+
+def settings_from(cfg: Config) -> Settings:
+    """The parts of the configuration the transitions need."""
+    r, b = cfg.retry, cfg.breaker
+    return Settings(
+        policy=policy.RetryPolicy(
+            max_per_feature=r.max_per_feature,
+            max_global=r.max_global,
+            backoff_initial=float(r.backoff_initial),
+            backoff_multiplier=float(r.backoff_multiplier),
+            backoff_max=float(r.backoff_max),
+            jitter=r.jitter,
+            max_hint_wait=float(r.max_hint_wait),
+            breaker_threshold=b.threshold,
+            breaker_cooldown=float(b.cooldown),
+        ),
+        breaker_pauses=b.on_open == "pause",
+        max_cost_usd=float(cfg.limits.max_cost_usd),
+    )
 
 
 def new_batch(

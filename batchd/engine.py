@@ -20,53 +20,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 
-from batchd import failpoints, queue, schedule
-from batchd.batch import PAUSE_COST, Batch, BatchError, Settings
-from batchd.classify import Classifier, RawResult, Verdict, hook_failed, retry_hint, sanitize
+from batchd import feature, launch, queue, schedule, views
+from batchd.batch import Batch, BatchError, settings_from
+from batchd.classify import Classifier
 from batchd.clock import Clock, SystemClock
 from batchd.config import Config
-from batchd.engines import LaunchSpec, Run, RunnerEngine, RunRef, SpawnError
+from batchd.dotenv import DotenvConsent
+from batchd.engines import LaunchSpec, Run, RunnerEngine
 from batchd.hooks import Hooks
 from batchd.journal import Journal
 from batchd.model import AuditEvent, DaemonState, UserState
-from batchd.policy import RetryPolicy, consent, consent_from_dotenv
+from batchd.policy import consent
 from batchd.protocol import E_IO
 from batchd.store import Problem, Store
 from batchd.systemd import child_env
-from batchd.template import render
-from batchd.views import log_outcome, status_line
 
 log = logging.getLogger("batchd")
 
 WRITE_RETRY_S = 2.0
 Notify = Callable[[str], object]
-
-
-def settings_from(cfg: Config) -> Settings:
-    r, b = cfg.retry, cfg.breaker
-    return Settings(
-        policy=RetryPolicy(
-            max_per_feature=r.max_per_feature,
-            max_global=r.max_global,
-            backoff_initial=float(r.backoff_initial),
-            backoff_multiplier=float(r.backoff_multiplier),
-            backoff_max=float(r.backoff_max),
-            jitter=r.jitter,
-            max_hint_wait=float(r.max_hint_wait),
-            breaker_threshold=b.threshold,
-            breaker_cooldown=float(b.cooldown),
-        ),
-        breaker_pauses=b.on_open == "pause",
-        max_cost_usd=float(cfg.limits.max_cost_usd),
-    )
 
 
 @dataclass(eq=False)
@@ -121,7 +99,7 @@ class Engine:
         self._stopped = anyio.Event()
         self._done_hooks: list[Batch] = []
         self._cwd_keys: dict[str, str] = {}
-        self._dotenv_cache: dict[str, tuple[tuple[int, int], bool | None]] = {}
+        self.dotenv = DotenvConsent()
         self._last_status_line = ""
         self.last_id_us = 0  # of the newest batch id (two in one microsecond stay apart)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -149,7 +127,7 @@ class Engine:
         now = self.clock.now()
         for batch in self.batches.values():
             if batch.enforce_cost_cap(self.settings, now):
-                self._cost_paused(batch)
+                log.warning("%s", views.cost_paused(batch, self.settings))
                 self.persist(batch)
 
     @property
@@ -177,30 +155,8 @@ class Engine:
         return consent(self.env.get("BATCH_RETRY_ENABLED"), None, self.user.batch_retry_enabled)
 
     def consent_for(self, batch: Batch) -> bool:
-        dotenv = self._dotenv(self.effective_cwd(batch))
+        dotenv = self.dotenv.lookup(self.effective_cwd(batch))
         return consent(self.env.get("BATCH_RETRY_ENABLED"), dotenv, self.user.batch_retry_enabled)
-
-    def _dotenv(self, cwd: str) -> bool | None:
-        """``BATCH_RETRY_ENABLED`` in ``cwd/.env``, read again only when the file changed."""
-        path = os.path.join(cwd, ".env")
-        try:
-            st = os.stat(path)
-        except OSError:
-            self._dotenv_cache.pop(cwd, None)
-            return None
-        key = (st.st_mtime_ns, st.st_size)
-        cached = self._dotenv_cache.get(cwd)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        value: bool | None = None
-        if st.st_size <= 1024 * 1024:
-            try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    value = consent_from_dotenv(f.read())
-            except OSError:
-                value = None
-        self._dotenv_cache[cwd] = (key, value)
-        return value
 
     # --- persistence and notification ----------------------------------------------------
 
@@ -262,7 +218,7 @@ class Engine:
             self._tg = tg
             for slot in adopted or []:
                 self.running[slot.batch.batch_id] = slot
-                tg.start_soon(self._follow, slot)
+                tg.start_soon(feature.follow, self, slot)
             while not self.stopping:
                 wake = self._wake
                 if self.journal.failure:
@@ -272,7 +228,7 @@ class Engine:
                     tg.start_soon(self._batch_done, self._done_hooks.pop(0))
                 plan = self._plan()
                 for batch_id in plan.start:
-                    tg.start_soon(self._feature, self._take_slot(self.batches[batch_id]))
+                    tg.start_soon(feature.run, self, self._take_slot(self.batches[batch_id]))
                 self.notify_status()
                 await self.clock.sleep_until(plan.wake_at, wake)
             for slot in self.running.values():
@@ -310,7 +266,7 @@ class Engine:
 
     def notify_status(self) -> None:
         """Tell systemd (STATUS=) what the queue is doing, when that changed."""
-        line = status_line(self)
+        line = views.status_line(self)
         if line != self._last_status_line:
             self._last_status_line = line
             self.notify(line)
@@ -324,237 +280,25 @@ class Engine:
         return slot
 
     def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec:
-        """What to run for feature ``index`` now: argv, environment, cwd, log, limits."""
-        s = batch.state
+        """What to run for feature ``index`` now (``run_id``: the recorded one, after a restart)."""
         number = batch.attempt_number(index)
-        run_id = run_id or f"{self.run_id_prefix}{batch.batch_id}-{index}-{number}-" + (
-            secrets.token_hex(4)
-        )
-        values = self.placeholders(batch, index, number)
-        env = dict(self.base_env)
-        env.update(self.cfg.runner.env)
-        env.update(
-            BATCHD_FEATURE=s.features[index],
-            BATCHD_FEATURE_INDEX=str(index),
-            BATCHD_BATCH_ID=batch.batch_id,
-            BATCHD_ATTEMPT=str(number),
-            BATCHD_RUN_ID=run_id,
-        )
-        return LaunchSpec(
-            run_id=run_id,
-            argv=render(self.cfg.runner.command, values),
-            env=env,
+        return launch.spec(
+            self.cfg.runner,
+            self.base_env,
+            batch,
+            index,
             cwd=self.effective_cwd(batch),
             log_path=self.store.log_path(batch.batch_id, index, number),
-            timeout=float(self.cfg.runner.timeout),
-            kill_grace=float(self.cfg.runner.kill_grace),
-            max_log_bytes=self.cfg.runner.max_log_bytes,
+            run_id=run_id or launch.new_run_id(self.run_id_prefix, batch, index, number),
         )
 
     @property
     def run_id_prefix(self) -> str:
         return f"{self.state_key}-"
 
-    def placeholders(self, batch: Batch, index: int, attempt: int) -> dict[str, str]:
-        s = batch.state
-        issue = ""
-        if s.issue_numbers and index < len(s.issue_numbers):
-            issue = str(s.issue_numbers[index])
-        return {
-            "feature": s.features[index],
-            "index": str(index),
-            "batch_id": batch.batch_id,
-            "attempt": str(attempt),
-            "issue": issue,
-        }
-
-    async def _feature(self, slot: Slot) -> None:
-        """Run one feature of a batch: hook, start, wait, record, hooks; free the slot."""
-        try:
-            hook_error = await self._hook("before_feature", slot, slot.spec.env)
-            if not self._still_wanted(slot):
-                return  # stopped, cancelled or paused while the hook ran
-            if hook_error is not None:
-                self._begin(slot, RunRef())
-                await self._finish(slot, hook_failed("before_feature", hook_error), None)
-                return
-            run = await self._start(slot)
-            if run is not None:
-                await self._outcome(slot, await run.wait())
-        finally:
-            self._release(slot)
-
-    async def _follow(self, slot: Slot) -> None:
-        """Wait for a run re-attached after a restart, then record it as any other."""
-        try:
-            assert slot.run is not None
-            await self._outcome(slot, await slot.run.wait())
-        finally:
-            self._release(slot)
-
-    def _release(self, slot: Slot) -> None:
-        self.running.pop(slot.batch.batch_id, None)
-        slot.done.set()
-        self.touch()
-
-    def _still_wanted(self, slot: Slot) -> bool:
-        batch = slot.batch
-        now = self.clock.now()
-        cooldown = self.settings.policy.breaker_cooldown
-        return (
-            not self.stopping
-            and slot.stop_reason is None
-            and batch.state.current_index == slot.index
-            and batch.runnable(now, cooldown)
-        )
-
-    def _begin(self, slot: Slot, ref: RunRef) -> None:
-        batch = slot.batch
-        batch.begin(
-            index=slot.index,
-            now=self.clock.now(),
-            pid=ref.pid,
-            pid_start_time=ref.pid_start_time,
-            job_id=ref.job_id,
-            run_id=slot.spec.run_id,
-        )
-        self.persist(batch)
-
-    async def _start(self, slot: Slot) -> Run | None:
-        batch, spec = slot.batch, slot.spec
-        try:
-            spec.log_path.parent.mkdir(mode=0o700, exist_ok=True)
-            run = await self.runner.start(spec)
-        except SpawnError as e:
-            self._trouble(batch, e)
-            return None
-        except OSError as e:  # the attempt log cannot be opened (a link, a missing dir)
-            self._pause_batch(batch, f"log_unavailable: cannot open the attempt log: {e}")
-            return None
-        failpoints.hit("after_spawn")
-        slot.run = run
-        self._begin(slot, run.ref)
-        failpoints.hit("after_attempt_record")
-        if slot.stop_reason is not None:
-            run.stop(slot.stop_reason)
-        s = batch.state
-        where = f"pid {run.ref.pid}" if run.ref.job_id is None else f"job {run.ref.job_id}"
-        log.info(
-            "%s: feature %d/%d attempt %d started (%s): %s",
-            batch.batch_id,
-            slot.index + 1,
-            s.total_features,
-            batch.attempt_number(slot.index),
-            where,
-            sanitize(s.features[slot.index], 200),
-        )
-        self.touch()
-        return run
-
-    def _trouble(self, batch: Batch, e: SpawnError) -> None:
-        """Trouble that is not the feature's fault pauses the batch or the queue, uncharged."""
-        trouble = queue.spawn_trouble(
-            e.kind,
-            e.message,
-            batch_id=batch.batch_id,
-            batch_has_cwd=bool(batch.state.cwd),
-            config_path=str(self.cfg.paths.config),
-        )
-        if trouble.scope == "batch":
-            self._pause_batch(batch, trouble.reason)
-            return
-        queue.pause(self.daemon, trouble.reason, self.clock.now())
-        self.save_queue()
-        log.error("queue paused: %s", trouble.reason)
-        self.touch()
-
-    def _pause_batch(self, batch: Batch, reason: str) -> None:
-        batch.pause(self.clock.now(), reason)
-        self.persist(batch)
-        log.error("%s: paused: %s", batch.batch_id, reason)
-        self.touch()
-
-    async def _outcome(self, slot: Slot, raw: RawResult) -> None:
-        failpoints.hit("after_runner_exit")
-        batch = slot.batch
-        self._log_health(batch, slot.index, raw.log_error)
-        if raw.interrupted:
-            why = slot.stop_reason or "stopped"
-            batch.mark_interrupted(self.clock.now(), f"interrupted: {why}")
-            self.persist(batch)
-            log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
-            return
-        verdict = self.classifier.judge(raw, self.cfg.runner.output_format)
-        await self._finish(slot, verdict, raw.exit_code, ran=True)
-
-    async def _finish(
-        self, slot: Slot, verdict: Verdict, exit_code: int | None, *, ran: bool = False
-    ) -> None:
-        """Record the outcome (audit first), then the hooks it calls for: after_feature
-        (when the runner ran), on_breaker_open, on_batch_done."""
-        batch = slot.batch
-        now = self.clock.now()
-        hint = None
-        if verdict.outcome != "completed" and verdict.hint_text:
-            hint = retry_hint(verdict.hint_text, now)
-        attempt = batch.attempt_number(slot.index)
-        step = batch.record(
-            verdict,
-            exit_code=exit_code,
-            consent=self.consent_for(batch),
-            hint_s=hint,
-            settings=self.settings,
-            now=now,
-            rand=random.random,
-        )
-        failpoints.hit("before_outcome_write")
-        self.persist(batch, step.events)
-        log_outcome(self, batch, slot.index, attempt, verdict, step)
-        if step.paused == PAUSE_COST:
-            self._cost_paused(batch)
-        if ran:
-            env = dict(slot.spec.env, BATCHD_OUTCOME=verdict.outcome)
-            await self._hook("after_feature", slot, env)
-        if step.breaker_opened:
-            await self._hook("on_breaker_open", slot, self.batch_hook_env(batch))
-        if step.finished:
-            await self._batch_done(batch)
-
-    def _cost_paused(self, batch: Batch) -> None:
-        log.warning(
-            "%s: paused: its cost %.4f USD reached limits.max_cost_usd (%g); raise the limit "
-            "and reload, then 'batchctl resume %s'",
-            batch.batch_id,
-            batch.state.cost_usd,
-            self.settings.max_cost_usd,
-            batch.batch_id,
-        )
-
-    def _log_health(self, batch: Batch, index: int, error: str | None) -> None:
-        """An incomplete attempt log is a problem; a complete one clears that problem."""
-        if error is None:
-            if any(p.kind == "log_write" for p in self.problems):
-                log.info("logs: attempt logs are written whole again")
-                self.set_problem("log_write", None)
-            return
-        attempt = batch.attempt_number(index)
-        path = self.store.log_path(batch.batch_id, index, attempt)
-        message = (
-            f"{batch.batch_id}: the log of feature {index + 1} attempt {attempt} is incomplete "
-            f"({error}; {path}); the run went on and its outcome is recorded: free space "
-            "on the state dir's file system"
-        )
-        log.error("logs: %s", message)
-        self.set_problem("log_write", message, batch.batch_id)
-
     # --- hooks -------------------------------------------------------------------------
 
-    async def _hook(self, name: str, slot: Slot, env: dict[str, str]) -> str | None:
-        batch = slot.batch
-        values = self.placeholders(batch, slot.index, batch.attempt_number(slot.index))
-        return await self._run_hook(name, batch, values, env)
-
-    async def _run_hook(
+    async def run_hook(
         self, name: str, batch: Batch, values: dict[str, str], env: dict[str, str]
     ) -> str | None:
         return await self.hooks.run(
@@ -568,16 +312,8 @@ class Engine:
         )
 
     def batch_hook_env(self, batch: Batch) -> dict[str, str]:
-        s = batch.state
-        return dict(
-            self.base_env,
-            BATCHD_BATCH_ID=batch.batch_id,
-            BATCHD_STATUS=s.status,
-            BATCHD_COMPLETED=str(len(s.completed_features)),
-            BATCHD_FAILED=str(len(s.failed_features)),
-            BATCHD_STATE_FILE=str(self.store.batch_dir(batch.batch_id) / "state.json"),
-            BATCHD_CONSECUTIVE_FAILURES=str(batch.retry.consecutive_failures),
-        )
+        state_file = self.store.batch_dir(batch.batch_id) / "state.json"
+        return launch.batch_hook_env(self.base_env, batch, state_file)
 
     def announce_done(self, batch: Batch) -> None:
         """A command ended a batch: its on_batch_done hook runs from the loop, so the
@@ -586,18 +322,9 @@ class Engine:
         self.touch()
 
     async def _batch_done(self, batch: Batch) -> None:
-        s = batch.state
-        log.info(
-            "%s: %s (%d completed, %d failed, %d skipped of %d)",
-            batch.batch_id,
-            s.status,
-            len(s.completed_features),
-            len(s.failed_features),
-            len(s.skipped_features),
-            s.total_features,
-        )
+        log.info("%s", views.batch_done(batch))
         values = {"batch_id": batch.batch_id}
-        await self._run_hook("on_batch_done", batch, values, self.batch_hook_env(batch))
+        await self.run_hook("on_batch_done", batch, values, self.batch_hook_env(batch))
 
     # --- stopping runs (commands) --------------------------------------------------------
 

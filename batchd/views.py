@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from batchd import __version__, policy, shapes
-from batchd.batch import PAUSE_BREAKER, PAUSE_COST, Batch, Step
+from batchd.batch import PAUSE_BREAKER, PAUSE_COST, Batch, Settings, Step
 from batchd.classify import Verdict, sanitize
 from batchd.store import Problem
 
@@ -188,7 +188,7 @@ _NOT_RETRIED = {
 
 
 def outcome_message(
-    batch: Batch, index: int, attempt: int, verdict: Verdict, step: Step
+    batch: Batch, index: int, attempt: int, verdict: Verdict, step: Step, settings: Settings
 ) -> tuple[int, str]:
     """The log level and line for a recorded outcome (and what it led to)."""
     where = f"{batch.batch_id}: feature {index + 1}/{batch.state.total_features}"
@@ -209,12 +209,30 @@ def outcome_message(
     if step.paused == PAUSE_BREAKER:
         line += f"; batch paused by the breaker: 'batchctl reset-breaker {batch.batch_id}'"
     if step.paused == PAUSE_COST:
-        line += "; batch paused: its cost reached limits.max_cost_usd"
+        line += "; " + cost_paused(batch, settings)
     return logging.WARNING, line
 
 
-def log_outcome(
-    engine: Engine, batch: Batch, index: int, attempt: int, verdict: Verdict, step: Step
-) -> None:
-    level, line = outcome_message(batch, index, attempt, verdict, step)
-    logging.getLogger("batchd").log(level, "%s", line)
+def cost_paused(batch: Batch, settings: Settings) -> str:
+    return (
+        f"{batch.batch_id}: paused: its cost {batch.state.cost_usd:.4f} USD reached "
+        f"limits.max_cost_usd ({settings.max_cost_usd:g}); raise the limit and reload, "
+        f"then 'batchctl resume {batch.batch_id}'"
+    )
+
+
+def batch_done(batch: Batch) -> str:
+    s = batch.state
+    return (
+        f"{batch.batch_id}: {s.status} ({len(s.completed_features)} completed, "
+        f"{len(s.failed_features)} failed, {len(s.skipped_features)} skipped of "
+        f"{s.total_features})"
+    )
+
+
+def log_incomplete(batch: Batch, index: int, attempt: int, error: str, path: object) -> str:
+    return (
+        f"{batch.batch_id}: the log of feature {index + 1} attempt {attempt} is incomplete "
+        f"({error}; {path}); the run went on and its outcome is recorded: free space "
+        "on the state dir's file system"
+    )
