@@ -159,7 +159,10 @@ timeout = 5
     assert c.classify.transient_exit_codes == [75, 111]
     assert c.limits.max_cost_usd == 2.5
     assert c.runner.engine == "slurm"
-    assert (c.slurm.sbatch_args, c.slurm.poll_interval) == (["--partition=gpu", "--gres=gpu:1"], 0.5)
+    assert (c.slurm.sbatch_args, c.slurm.poll_interval) == (
+        ["--partition=gpu", "--gres=gpu:1"],
+        0.5,
+    )
     assert (c.hooks.on_batch_done, c.hooks.timeout) == (["notify-send", "done"], 5.0)
     assert c.paths.spool_dir == Path("/s")
 
