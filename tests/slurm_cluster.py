@@ -4,7 +4,7 @@
 write (key, sockets, state, spool, pid files, logs) inside one temp dir and
 their own free ports, waits until ``sinfo`` says the node is idle, and
 ``Cluster.stop()`` ends all three and removes the dir. Nothing outside the
-temp dir is read or written except the binaries themselves and /etc/hosts.
+temp dir is written, and no name needs to resolve (every address is 127.0.0.1).
 
 What munge and Slurm refuse, found by trying (munge 0.5.15, Slurm 22.05):
 - munged wants execute permission for everyone on every directory above its
@@ -15,12 +15,21 @@ What munge and Slurm refuse, found by trying (munge 0.5.15, Slurm 22.05):
   a key readable by others).
 - slurm.conf must be readable by every client, including another user's
   ``sbatch``: 0644 in the 0711 dir.
-- ``MinJobAge``: Slurm accepts values down to 2 (smaller ones are raised to 2
-  with a log line); the purge of ended jobs runs in slurmctld's background loop,
-  see ``MIN_JOB_AGE`` below for what was measured.
+- ``MinJobAge=1`` is raised to 2 ("MinJobAge must be at least 2" in the
+  slurmctld log); 0 means never purge. slurmctld purges ended jobs every
+  max(10, MinJobAge) seconds, so with 2 a job is forgotten 2 to 12 s after it
+  ends (measured: 7 s after the end, purge at 10 s after slurmctld's start; 5
+  gave the same, 12 gave 21 s, 20 gave 37 s).
+- ``batch_sched_delay`` (default 3 s) holds a submitted batch job before the
+  scheduler looks at it: submit-to-start took 3.0 s (median of 10) with the
+  default and 1.0 s with 0, the rest being slurmctld's one-second background
+  loop. 0 here keeps the tests quick; a real cluster keeps its own setting.
+- Daemons run in the foreground (``-D``, ``--foreground``) as our children, so
+  that we know their pids and reap them; a job's slurmstepd outlives slurmd, so
+  ``stop()`` cancels every job before it stops the daemons.
 
 Run ``python -m tests.slurm_cluster`` as root to start one by hand and print
-its environment; Ctrl-C stops it.
+its environment; Ctrl-C or SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -32,11 +41,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MIN_JOB_AGE = 2  # seconds; see the module docstring
+import pytest
+
+MIN_JOB_AGE = 2  # seconds: the smallest that Slurm 22.05 accepts; see the module docstring
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 START_DEADLINE = 60.0
 STOP_DEADLINE = 15.0
@@ -91,8 +102,12 @@ class Cluster:
         name = Path(argv[0]).name
         with open(self.dir / "log" / f"{name}.out", "ab") as out:
             proc = subprocess.Popen(
-                list(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                list(argv),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.daemons.append(proc)
 
@@ -151,7 +166,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 def _slurm_conf(root: Path, node: str, ports: list[int], munge_socket: Path) -> str:
     return f"""\
 ClusterName=batchdtest
-SlurmctldHost={node}
+SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ports[0]}
 SlurmdPort={ports[1]}
 SlurmUser=root
@@ -170,6 +185,7 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
 AccountingStorageType=accounting_storage/none
@@ -190,8 +206,13 @@ def start_cluster() -> Cluster:
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="batchd-slurm-"))
     os.chmod(root, 0o711)
-    for sub, mode in (("munge", 0o711), ("state", 0o700), ("spool", 0o700), ("run", 0o700),
-                      ("log", 0o700)):
+    for sub, mode in (
+        ("munge", 0o711),
+        ("state", 0o700),
+        ("spool", 0o700),
+        ("run", 0o700),
+        ("log", 0o700),
+    ):
         (root / sub).mkdir(mode=mode)
         os.chmod(root / sub, mode)
     munge = root / "munge"
@@ -213,7 +234,8 @@ def start_cluster() -> Cluster:
     )
     try:
         cluster.start_daemon(
-            _which("munged"), "--foreground",
+            _which("munged"),
+            "--foreground",
             f"--key-file={munge / 'key'}",
             f"--socket={munge / 'sock'}",
             f"--pid-file={munge / 'pid'}",
@@ -248,15 +270,36 @@ def _wait_idle(cluster: Cluster) -> None:
     )
 
 
-if __name__ == "__main__":
+@pytest.fixture(scope="session")
+def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """One private cluster for the whole session; tests that use it skip where it cannot run."""
+    why = unavailable()
+    if why:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"skipping the Slurm cluster tests: {why}")
+        pytest.skip(why)
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _main() -> None:
     why = unavailable()
     if why:
         raise SystemExit(why)
-    c = start_cluster()
-    print(f"started in {c.started_in:.2f} s: export SLURM_CONF={c.conf}")
+    cluster = start_cluster()
+    print(f"started in {cluster.started_in:.2f} s; export SLURM_CONF={cluster.conf}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # interrupts pause(); then we stop
     try:
         signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
-        c.stop()
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    _main()
