@@ -275,9 +275,14 @@ def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """One private cluster for the whole session; tests that use it skip where it cannot run."""
     why = unavailable()
     if why:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"skipping the Slurm cluster tests: {why}")
+        plugins = request.config.pluginmanager
+        reporter, capture = (
+            plugins.get_plugin("terminalreporter"),
+            plugins.get_plugin("capturemanager"),
+        )
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\nskipping the Slurm cluster tests: {why}")
         pytest.skip(why)
     cluster = start_cluster()
     try:

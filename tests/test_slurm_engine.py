@@ -19,7 +19,15 @@ import pytest
 
 from batchd.classify import Classifier
 from batchd.engines import LaunchSpec, RunRef, SpawnError
-from batchd.engines.slurm import WRAPPER_NAME, SlurmEngine, status_path
+from batchd.engines.slurm import (
+    WRAPPER_NAME,
+    JobInfo,
+    SlurmEngine,
+    parse_duration,
+    parse_show_job,
+    status_path,
+    time_limit_minutes,
+)
 from tests.slurm_cluster import Cluster
 
 pytestmark = pytest.mark.anyio
@@ -106,7 +114,7 @@ async def until(
 async def test_several_jobs_run_at_once(setup: Setup) -> None:
     """Three attempts submitted together run as concurrent jobs and all complete."""
     engine = setup.engine()
-    specs = [setup.spec("sleep=1 stdout=done", f"c{i}") for i in range(3)]
+    specs = [setup.spec("sleep=2 stdout=done", f"c{i}") for i in range(3)]
     runs = [await engine.start(s) for s in specs]
     assert all(r.ref.job_id and r.ref.job_id.isdigit() for r in runs)
     results: list[Any] = [None] * 3
@@ -124,6 +132,18 @@ async def test_several_jobs_run_at_once(setup: Setup) -> None:
     ends = [e["t"] for ev in events for e in ev if e["event"] == "end"]
     assert len(starts) == len(ends) == 3
     assert max(starts) < min(ends), "the three jobs did not overlap"
+
+
+async def test_cancelling_wait_leaves_the_job_running(setup: Setup) -> None:
+    """A cancelled wait only stops waiting (jobs outlive the daemon); a later wait gets the end."""
+    engine = setup.engine()
+    run = await engine.start(setup.spec("sleep=1 stdout=still_here", "outlives"))
+    with anyio.move_on_after(0.3):
+        await run.wait()
+    assert not await gone(setup.cluster, run.job_id)
+    with anyio.fail_after(DEADLINE):
+        raw = await run.wait()
+    assert CLASSIFY.judge(raw, "auto").outcome == "completed" and b"still here" in raw.stdout_tail
 
 
 async def test_feature_text_reaches_the_agent_as_one_untouched_argument(
@@ -262,6 +282,8 @@ async def test_batchd_timeout_cancels_the_job(setup: Setup) -> None:
     engine = setup.engine()
     spec = setup.spec("sleep=60", "slow", timeout=1)
     run = await engine.start(spec)
+    shown = await anyio.run_process(["scontrol", "show", "job", run.job_id], env=setup.cluster.env)
+    assert b"TimeLimit=00:01:00" in shown.stdout  # Slurm's own limit: the timeout in minutes, up
     with anyio.fail_after(DEADLINE):
         raw = await run.wait()
     assert raw.timed_out and not raw.interrupted
@@ -279,6 +301,17 @@ async def test_sbatch_refusing_the_job_is_a_submit_error(setup: Setup) -> None:
         await engine.start(setup.spec("stdout=x", "refused"))
     assert e.value.kind == "submit"
     assert "sbatch" in e.value.message and "partition" in e.value.message.lower()
+
+
+async def test_no_sbatch_is_a_submit_error(tmp_path: Path) -> None:
+    """Slurm's commands not installed: SpawnError('submit') naming sbatch (no cluster needed)."""
+    engine = SlurmEngine(tmp_path / "state", [], POLL, {"PATH": str(tmp_path / "empty")})
+    spec = LaunchSpec(
+        run_id="r1", argv=["true"], env={}, cwd=str(tmp_path), log_path=tmp_path / "a.log"
+    )
+    with pytest.raises(SpawnError) as e:
+        await engine.start(spec)
+    assert e.value.kind == "submit" and "sbatch not found in PATH" in e.value.message
 
 
 async def test_a_missing_cwd_is_a_cwd_error(setup: Setup, tmp_path: Path) -> None:
@@ -315,3 +348,42 @@ async def test_stop_orphans_cancels_only_unrecorded_jobs_of_this_state_dir(setup
     assert {known.job_id, foreign.job_id, other_user} <= left
     ids = [known.job_id, foreign.job_id, other_user]
     await anyio.run_process(["scancel", *ids], env=setup.cluster.env)
+
+
+# --- the pure helpers (no cluster needed) ----------------------------------------------
+
+
+def test_time_limit_is_whole_minutes_rounded_up() -> None:
+    """--time: 0 means none; any part of a minute counts as a minute."""
+    assert [time_limit_minutes(t) for t in (0, 0.5, 60, 61, 7200)] == [None, 1, 1, 2, 120]
+
+
+def test_slurm_durations_parse() -> None:
+    """squeue %M and scontrol RunTime: [days-][hours:]minutes:seconds."""
+    cases = {"0:00": 0, "1:05": 65, "2:00:01": 7201, "1-00:00:10": 86410, "": None, "x:1": None}
+    assert {k: parse_duration(k) for k in cases} == cases
+
+
+def test_show_job_output_parses() -> None:
+    """State, name, exit code and signal come from scontrol's one-line output."""
+    line = (
+        "JobId=7 JobName=batchd-r1 UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
+        "RunTime=00:01:02 ExitCode=3:0 WorkDir=/a b JobState=COMPLETED\n"
+    )
+    assert parse_show_job(line) == JobInfo("FAILED", "batchd-r1", 3, None, 62.0)
+    killed = parse_show_job("JobId=8 JobName=x JobState=CANCELLED ExitCode=0:9 RunTime=0:01")
+    assert killed == JobInfo("CANCELLED", "x", None, 9, 1.0)
+    assert parse_show_job("slurm_load_jobs error: Invalid job id specified") is None
+
+
+def test_our_sbatch_options_come_after_the_users(tmp_path: Path) -> None:
+    """slurm.sbatch_args cannot rename the job or move its log: sbatch keeps the last value."""
+    engine = SlurmEngine(tmp_path, ["--partition=gpu", "--job-name=mine"], 5, {})
+    spec = LaunchSpec(
+        run_id="r1", argv=["a"], env={}, cwd="/w", log_path=tmp_path / "l", timeout=90
+    )
+    argv = engine.sbatch_argv(spec)
+    assert argv.index("--partition=gpu") < argv.index("--job-name=batchd-r1")
+    assert argv.index("--job-name=mine") < argv.index("--job-name=batchd-r1")
+    assert "--time=2" in argv and f"--output={tmp_path / 'l'}" in argv
+    assert status_path(tmp_path / "l", "42") == tmp_path / "l.slurm-42.exit"

@@ -41,9 +41,8 @@ JOB_NAME_PREFIX = "batchd-"  # + the attempt's BATCHD_RUN_ID
 WRAPPER_NAME = "slurm-job.sh"
 LOG_TAIL = 64 * 1024
 CLIENT_ENV = ("SLURM_CONF",)  # taken from the engine's env even for sbatch: which cluster to ask
-CLIENT_TIMEOUT = (
-    120.0  # seconds for one Slurm command; sbatch alone retries ~10 s when slurmctld is down
-)
+# Seconds for one Slurm command: with slurmctld down, sbatch gives up after ~10 s, squeue ~20 s.
+CLIENT_TIMEOUT = 120.0
 # States after which a job runs no more (squeue no longer lists it). COMPLETING is not one.
 END_STATES = frozenset(
     {
@@ -137,7 +136,7 @@ def parse_show_job(text: str) -> JobInfo | None:
 def _read_status(path: Path) -> int | None:
     try:
         text = store.read_nofollow(path, limit=64)
-    except OSError:
+    except (OSError, store.StoreError):
         return None
     value = text.strip()
     return int(value) if value.isdigit() else None
@@ -314,7 +313,14 @@ class SlurmEngine:
             )
         wrapper = await self._ensure_wrapper()
         offset = await anyio.to_thread.run_sync(_open_log, spec.log_path)
-        argv = [self._client("sbatch"), *self.sbatch_argv(spec), str(wrapper)]
+        sbatch = shutil.which("sbatch", path=self.env.get("PATH", os.defpath))
+        if sbatch is None:
+            raise SpawnError(
+                "submit",
+                f"sbatch not found in PATH ({self.env.get('PATH', os.defpath)}): "
+                "install Slurm's client commands or set PATH in batchd's environment",
+            )
+        argv = [sbatch, *self.sbatch_argv(spec), str(wrapper)]
         argv += [str(spec.log_path), *spec.argv]
         try:
             with anyio.fail_after(CLIENT_TIMEOUT):
@@ -458,8 +464,9 @@ class SlurmEngine:
             state, _, used = rest.partition("|")
             queued[job_id] = (state, parse_duration(used))
         for run in runs:
-            if run.job_id in queued:
-                run.observe(*queued[run.job_id])
+            listed, run_time = queued.get(run.job_id, ("", None))
+            if listed and listed not in END_STATES:
+                run.observe(listed, run_time)
             elif not run.done:
                 await self._settle(run)
 
