@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from batchd.classify import Classifier
-from batchd.engines import LaunchSpec, RunRef, SpawnError
+from batchd.engines import LaunchSpec, RunnerEngine, RunRef, SpawnError
 from batchd.engines.slurm import (
     WRAPPER_NAME,
     JobInfo,
@@ -305,7 +305,7 @@ async def test_sbatch_refusing_the_job_is_a_submit_error(setup: Setup) -> None:
 
 async def test_no_sbatch_is_a_submit_error(tmp_path: Path) -> None:
     """Slurm's commands not installed: SpawnError('submit') naming sbatch (no cluster needed)."""
-    engine = SlurmEngine(tmp_path / "state", [], POLL, {"PATH": str(tmp_path / "empty")})
+    engine: RunnerEngine = SlurmEngine(tmp_path / "state", [], POLL, {"PATH": str(tmp_path)})
     spec = LaunchSpec(
         run_id="r1", argv=["true"], env={}, cwd=str(tmp_path), log_path=tmp_path / "a.log"
     )

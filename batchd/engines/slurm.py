@@ -534,7 +534,9 @@ class SlurmEngine:
         job that has not started wait until it starts, so a job last seen
         pending is first cancelled outright if it still is. A job Slurm no
         longer lets us signal has ended already. False when Slurm could not be
-        asked (slurmctld unreachable): try again later.
+        asked (slurmctld unreachable): try again later. Slurm turns a KILL into
+        its own end of the job (TERM again, KILL after max(KillWait, 5 s)), so
+        a program that ignores TERM is gone kill_grace + 5 s or more after stop.
         """
         if pending:
             await self._run_client("scancel", "--state=PENDING", job_id)
