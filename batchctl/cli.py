@@ -48,7 +48,9 @@ TICK_S = 1.0  # watch on a terminal redraws its line this often (elapsed time mo
 RECV_BYTES = 256 * 1024
 GH_TIMEOUT_S = 10.0
 MAX_ISSUES = 100
-TITLE_MAX = 200
+TITLE_MAX = 200  # characters of an issue title in its feature line, CUT_MARK included
+CUT_MARK = "..."
+NO_TITLE = "(no title)"
 WIDTH = 80
 HOW_TO_START = "start it with `batchd` in a terminal, or `systemctl --user start batchd`"
 FINISHED = ("completed", "failed", "cancelled")
@@ -650,9 +652,9 @@ def redraw(line: str, drawn: int) -> int:
 # --- submit -----------------------------------------------------------------------------
 
 
-def clean_title(title: str) -> str:
-    """An issue title as one line: escape sequences out, whitespace runs to one space,
-    other control characters out, at most 200 characters; other Unicode is kept."""
+def one_line(text: str) -> str:
+    """Text from gh as one line: escape sequences out, whitespace runs (tabs and newlines
+    included) to one space, other control characters out; other Unicode is kept."""
     import re
 
     text = re.sub(
@@ -661,10 +663,23 @@ def clean_title(title: str) -> str:
         r"|\x1b[PX^_][^\x1b]*(?:\x1b\\|\Z)"  # DCS, SOS, PM, APC strings
         r"|\x1b[ -/]*[0-~]",  # the other two-character escapes
         "",
-        title,
+        text,
     )
     text = "".join(c if c.isspace() or c.isprintable() else "" for c in text)
-    return " ".join(text.split())[:TITLE_MAX].rstrip()
+    return " ".join(text.split())
+
+
+def clean_title(title: str) -> str:
+    """An issue title as one line of at most 200 characters; a cut one ends in ``...``."""
+    text = one_line(title)
+    if len(text) <= TITLE_MAX:
+        return text
+    return text[: TITLE_MAX - len(CUT_MARK)].rstrip() + CUT_MARK
+
+
+def issue_feature(number: int, title: str) -> str:
+    """The feature line of a GitHub issue: ``Issue #N: <title>``, ``(no title)`` for a blank one."""
+    return f"Issue #{number}: {clean_title(title) or NO_TITLE}"
 
 
 def gh_timeout() -> float:
@@ -711,16 +726,16 @@ def gh_feature(number: int, repo: str | None) -> str:
         if not isinstance(title, str):
             raise TypeError(title)
     except (ValueError, KeyError, TypeError):
-        shown = cut(clean_title(proc.stdout.decode("utf-8", "replace")), 60)
+        shown = cut(one_line(proc.stdout.decode("utf-8", "replace")), 60)
         die(
             f"issue #{number}: unexpected output from `gh issue view` (not JSON with a title): "
             f"{shown!r}; update gh: https://cli.github.com"
         )
-    return f"Issue #{number}: {clean_title(title)}"
+    return issue_feature(number, title)
 
 
 def gh_error(number: int, repo: str | None, code: int, stderr: str) -> str:
-    said = cut(clean_title(stderr), 160) or f"exit status {code}"
+    said = cut(one_line(stderr), 160) or f"exit status {code}"
     low = stderr.lower()
     if any(
         k in low

@@ -3,8 +3,10 @@
 * ``sanitize``: the one gate that runner-derived text passes through before it
   reaches the daemon's log, a state file, the audit log or a control reply
   (CWE-117): escape sequences and control characters out, CR/LF to spaces,
-  secrets redacted, cut at 1000 characters.
-* ``parse_claude_result``: Claude Code's headless ``{"type": "result", ...}``.
+  secrets redacted, cut so that the whole message, ``...[truncated]`` marker
+  included, is at most 1000 characters.
+* ``parse_claude_result``: Claude Code's headless ``{"type": "result", ...}``,
+  with the tools it was denied (``permission_denials``).
 * ``Classifier.judge``: outcome, failure type and message of an attempt
   (SPEC section 5 for the outcome, section 6 for transient vs permanent).
 * ``retry_hint``: a "retry after" wait found in the classified text.
@@ -67,7 +69,8 @@ def redact(text: str) -> str:
 
 
 def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """Make runner-derived text safe for logs, state, audit and replies."""
+    """Make runner-derived text safe for logs, state, audit and replies: at most ``limit``
+    characters, the ``...[truncated]`` marker of a cut text included."""
     # Redact before stripping escapes too: an escape sequence swallows the character
     # after it, which could be the first of a secret and leave the rest unrecognised.
     text = redact(text)
@@ -76,7 +79,8 @@ def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     text = _CONTROL_RE.sub("", text)
     text = redact(text)
     if len(text) > limit:
-        text = text[:limit] + TRUNCATED
+        marker = TRUNCATED if limit > len(TRUNCATED) else ""
+        text = text[: limit - len(marker)] + marker
     return text
 
 
@@ -89,6 +93,9 @@ class ClaudeResult:
     text: str
     tokens: int | None
     cost_usd: float | None
+    # ``tool_name`` of each ``permission_denials`` entry, in order: headless Claude Code
+    # cannot ask a person, so it records what it was refused and still exits 0.
+    denied_tools: tuple[str, ...] = ()
 
 
 def last_nonempty_line(data: bytes) -> bytes:
@@ -133,6 +140,34 @@ def parse_claude_result(stdout_tail: bytes) -> ClaudeResult | None:
         text=text,
         tokens=tokens,
         cost_usd=_as_cost(obj.get("total_cost_usd")),
+        denied_tools=_denied_tools(obj.get("permission_denials")),
+    )
+
+
+def _denied_tools(denials: Any) -> tuple[str, ...]:
+    """The tool of each ``permission_denials`` entry; a malformed entry still counts."""
+    if not isinstance(denials, list):
+        return ()
+    names = []
+    for entry in denials:
+        name = entry.get("tool_name") if isinstance(entry, dict) else None
+        names.append(name if isinstance(name, str) and name.strip() else "(unnamed tool)")
+    return tuple(names)
+
+
+MAX_DENIED_NAMED = 10
+
+
+def denial_message(tools: Iterable[str]) -> str:
+    """What was denied (each tool once, in order) and how to allow it."""
+    unique = list(dict.fromkeys(t.strip()[:60] for t in tools))
+    named = ", ".join(unique[:MAX_DENIED_NAMED])
+    if len(unique) > MAX_DENIED_NAMED:
+        named += f" and {len(unique) - MAX_DENIED_NAMED} more"
+    return (
+        f"permission denied for {named} (headless mode cannot ask for permission, so the "
+        "work was not done); allow these tools with --permission-mode or --allowedTools in "
+        "runner.command, or set runner.allow_permission_denials = true"
     )
 
 
@@ -214,6 +249,7 @@ class RawResult:
     stdout_tail: bytes = b""
     stderr_tail: bytes = b""
     output_bytes: int = 0
+    log_error: str | None = None  # the attempt log is incomplete, and why
     cluster_state: str | None = None  # a cluster job's end state (Slurm: COMPLETED, TIMEOUT, ...)
 
 
@@ -232,6 +268,7 @@ class Classifier:
     transient: tuple[re.Pattern[str], ...]
     permanent: tuple[re.Pattern[str], ...]
     transient_exit_codes: frozenset[int]
+    allow_permission_denials: bool = False
 
     @classmethod
     def build(
@@ -239,11 +276,14 @@ class Classifier:
         transient_patterns: Iterable[str] = (),
         permanent_patterns: Iterable[str] = (),
         transient_exit_codes: Iterable[int] = (75,),
+        *,
+        allow_permission_denials: bool = False,
     ) -> Classifier:
         return cls(
             transient=tuple(re.compile(p) for p in (*SEED_TRANSIENT, *transient_patterns)),
             permanent=tuple(re.compile(p) for p in (*SEED_PERMANENT, *permanent_patterns)),
             transient_exit_codes=frozenset(transient_exit_codes),
+            allow_permission_denials=allow_permission_denials,
         )
 
     def failure_type(self, text: str) -> FailureType | None:
@@ -280,6 +320,10 @@ class Classifier:
         if raw.signal is not None:
             return fail("transient", f"killed by signal {raw.signal}")
         code = raw.exit_code
+        if claude is not None and claude.denied_tools and not self.allow_permission_denials:
+            # Whatever the exit code and is_error say: the agent was blocked, retrying
+            # with the same permissions cannot help.
+            return fail("permanent", denial_message(claude.denied_tools))
         if claude is not None:
             failed = claude.is_error or code != 0
             why = "agent reported an error" if claude.is_error else f"exit code {code}"

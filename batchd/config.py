@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from batchd import template
 from batchd.paths import ConfigError, Paths, load_paths
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -41,6 +42,7 @@ class RunnerConfig(Base):
     max_log_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
     output_format: Literal["auto", "text", "claude-json"] = "auto"
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    allow_permission_denials: bool = False
 
 
 class SpoolConfig(Base):
@@ -87,6 +89,9 @@ class HooksConfig(Base):
     before_feature: Argv = msgspec.field(default_factory=list)
     after_feature: Argv = msgspec.field(default_factory=list)
     timeout: Seconds = 60
+
+
+HOOKS = tuple(name for name in HooksConfig.__struct_fields__ if name != "timeout")
 
 
 class FileConfig(Base):
@@ -188,6 +193,18 @@ def _check_semantics(cfg: FileConfig, source: Path | str) -> None:
         )
     if not cfg.runner.command[0]:
         raise ConfigError(f"{source}: runner.command: the program (first element) is empty")
+    _check_placeholders(cfg, source)
+
+
+def _check_placeholders(cfg: FileConfig, source: Path | str) -> None:
+    """An unknown ``{name}`` or a lone brace in the runner's or a hook's argv (SPEC 2)."""
+    argvs = [("runner.command", cfg.runner.command)]
+    argvs += [(f"hooks.{name}", getattr(cfg.hooks, name)) for name in HOOKS]
+    for where, argv in argvs:
+        try:
+            template.check(argv, where)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
 
 def load_config(
@@ -202,16 +219,32 @@ def load_config(
     """Load and validate the config file, then apply environment and flags."""
     paths, raw = load_paths(env, config=config, spool=spool, state_dir=state_dir, socket=socket)
     file_cfg = decode_file_config(raw, paths.config)
-    override = runner if runner else env.get("BATCHD_RUNNER")
-    if override:
-        source = "--runner" if runner else "BATCHD_RUNNER"
+    # A given --runner counts even when empty (an error); an empty BATCHD_RUNNER is unset,
+    # as with the other variables, so `BATCHD_RUNNER= batchd` uses runner.command.
+    if runner is not None:
+        source, override = "--runner", runner
+    else:
+        source, override = "BATCHD_RUNNER", env.get("BATCHD_RUNNER", "")
+    if runner is not None or override:
+        argv = _split_runner(override, source)
         try:
-            argv = shlex.split(override)
+            template.check(argv, "runner.command")
         except ValueError as e:
-            raise ConfigError(f"{source}: cannot split {override!r}: {e}") from None
-        if not argv:
-            raise ConfigError(f"{source}: the runner command is empty")
+            raise ConfigError(f"{source}: {e}") from None
         file_cfg = msgspec.structs.replace(
             file_cfg, runner=msgspec.structs.replace(file_cfg.runner, command=argv)
         )
     return Config(paths=paths, file=file_cfg)
+
+
+def _split_runner(text: str, source: str) -> list[str]:
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise ConfigError(f"{source}: cannot split {text!r}: {e}") from None
+    if not argv:
+        raise ConfigError(
+            f"{source}: the runner command is empty; give a program and its arguments, "
+            f"or leave {source} out to use runner.command from the config file"
+        )
+    return argv

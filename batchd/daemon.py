@@ -129,14 +129,23 @@ async def _signals(
 
 
 def _reload(engine: Engine, spool: Spool, reload: Reload) -> None:
+    """SIGHUP: apply a new configuration, or keep the old one and say why (log, status)."""
     systemd.notify_reloading()
+    old = engine.cfg
     try:
+        if engine.config_file_seen and not os.path.lexists(old.paths.config):
+            raise ConfigError(
+                f"{old.paths.config}: the config file was deleted; restore it (or restart "
+                "batchd to run on the defaults)"
+            )
         new = reload()
     except ConfigError as e:
-        log.error("reload: %s; keeping the previous configuration", e)
+        message = f"reload failed, the previous configuration is kept: {e}"
+        log.error("%s", message)
+        engine.set_problem("config", message)
         systemd.notify("READY=1", "STATUS=reload failed; previous configuration kept")
         return
-    old = engine.cfg
+    engine.set_problem("config", None)
     if new.paths != old.paths:
         log.warning(
             "reload: path changes (spool, state, socket) need a restart; kept the old paths"

@@ -139,6 +139,7 @@ class Engine:
         self._last_id_us = 0
         self._dotenv_cache: dict[str, tuple[tuple[int, int], bool | None]] = {}
         self.state_key = hashlib.sha256(os.path.realpath(store.root).encode()).hexdigest()[:12]
+        self.config_file_seen = os.path.lexists(cfg.paths.config)
         self.apply_config(cfg)
 
     def apply_config(self, cfg: Config) -> None:
@@ -147,7 +148,10 @@ class Engine:
         self.limits = limits_from(cfg)
         c = cfg.classify
         self.classifier = Classifier.build(
-            c.transient_patterns, c.permanent_patterns, c.transient_exit_codes
+            c.transient_patterns,
+            c.permanent_patterns,
+            c.transient_exit_codes,
+            allow_permission_denials=cfg.runner.allow_permission_denials,
         )
         self.base_env = child_env(self.env)
 
@@ -578,6 +582,7 @@ class Engine:
         try:
             raw = await proc.wait()
             failpoints.hit("after_runner_exit")
+            self._log_health(batch, index, number, raw.log_error)
             if raw.interrupted:
                 batch.mark_interrupted(time.time(), f"interrupted: {proc.stop_reason}")
                 self._persist(batch, retry=False)
@@ -589,6 +594,30 @@ class Engine:
             self.current = None
             current.done.set()
             self.touch()
+
+    def set_problem(self, kind: str, message: str | None, batch_id: str | None = None) -> None:
+        """Report (or, with None, clear) the one problem of ``kind``."""
+        self.problems = [p for p in self.problems if p.kind != kind]
+        if message is not None:
+            self.problems.append(Problem(kind, message, batch_id))
+        self.touch()
+
+    def _log_health(self, batch: Batch, index: int, attempt: int, error: str | None) -> None:
+        """Report an incomplete attempt log under ``problems``; a complete one clears that."""
+        had = any(p.kind == "log_write" for p in self.problems)
+        self.problems = [p for p in self.problems if p.kind != "log_write"]
+        if error is None:
+            if had:
+                log.info("logs: attempt logs are written again")
+            return
+        path = self.store.log_path(batch.batch_id, index, attempt)
+        message = (
+            f"{batch.batch_id}: the log of feature {index + 1} attempt {attempt} is incomplete "
+            f"({error}; {path}); the run went on and its outcome is recorded: free space "
+            "on the state dir's file system"
+        )
+        self.problems.append(Problem("log_write", message, batch.batch_id))
+        log.error("logs: %s", message)
 
     def _spawn_failed(self, batch: Batch, e: runner.SpawnError, now: float) -> None:
         if e.kind == "cwd" and batch.state.cwd:

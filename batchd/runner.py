@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import math
 import os
-import re
 import signal
 import subprocess
 import time
@@ -30,6 +30,7 @@ from typing import Literal
 import anyio
 
 from batchd.classify import RawResult
+from batchd.template import render
 
 STDERR_TAIL = 64 * 1024
 STDOUT_TAIL = 256 * 1024
@@ -37,12 +38,10 @@ _CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT_S = 2.0  # a setsid() grandchild can hold the pipe: stop reading after this
 _POLL_S = 0.02
 
-_PLACEHOLDER_RE = re.compile(r"\{(feature|index|batch_id|attempt|issue)\}")
-
 
 def render_argv(template: Iterable[str], values: Mapping[str, str]) -> list[str]:
     """Replace ``{feature}`` etc. inside each element, in one pass (inserted text is final)."""
-    return [_PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], part) for part in template]
+    return render(template, values)
 
 
 class SpawnError(Exception):
@@ -194,11 +193,18 @@ async def kill_group(
 
 
 class LogSink:
-    """The attempt log: appended raw, 0600; past ``max_bytes`` keep the first and last halves."""
+    """The attempt log: appended raw, 0600; past ``max_bytes`` keep the first and last halves.
+
+    A log that cannot be written (a full disk, a quota, an I/O error) never
+    stops the run: from the first failed write on, output is only drained (the
+    tails for classification are kept elsewhere) and ``error`` says why the log
+    is incomplete.
+    """
 
     def __init__(self, path: Path | None, max_bytes: int) -> None:
         self.path = path
         self.fd: int | None = None
+        self.error: str | None = None
         half = max_bytes // 2 if max_bytes > 0 else 1 << 62
         self.half = half
         self.head_left = half
@@ -207,15 +213,33 @@ class LogSink:
         self.dropped = 0
         if path is not None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            self.fd = os.open(path, flags, 0o600)
+            try:
+                self.fd = os.open(path, flags, 0o600)
+            except OSError as e:
+                if e.errno not in _NO_ROOM:
+                    raise  # a link or a missing directory: not something to run past
+                self.error = f"cannot create the log: {e.strerror}"
+                return
             self.head_left = max(0, half - os.fstat(self.fd).st_size)
+
+    def _write(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            self.error = f"cannot write the log: {e.strerror}"
+            os.close(self.fd)
+            self.fd = None
 
     def write(self, data: bytes) -> None:
         if self.fd is None:
             return
         if self.head_left > 0:
             part = data[: self.head_left]
-            os.write(self.fd, part)
+            self._write(part)
             self.head_left -= len(part)
             data = data[len(part) :]
             if not data:
@@ -230,23 +254,24 @@ class LogSink:
     def close(self) -> None:
         if self.fd is None:
             return
-        try:
-            tail = b"".join(self.tail)
-            if self.tail_bytes > self.half:
-                cut = self.tail_bytes - self.half
-                self.dropped += cut
-                tail = tail[cut:]
-            if self.dropped:
-                os.write(
-                    self.fd,
-                    f"\n[batchd: {self.dropped} bytes omitted here; the log keeps the first "
-                    f"and the last {self.half} bytes]\n".encode(),
-                )
-            if tail:
-                os.write(self.fd, tail)
-        finally:
+        tail = b"".join(self.tail)
+        if self.tail_bytes > self.half:
+            cut = self.tail_bytes - self.half
+            self.dropped += cut
+            tail = tail[cut:]
+        if self.dropped:
+            self._write(
+                f"\n[batchd: {self.dropped} bytes omitted here; the log keeps the first "
+                f"and the last {self.half} bytes]\n".encode()
+            )
+        if tail:
+            self._write(tail)
+        if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 class _Tail:
@@ -417,4 +442,5 @@ class RunningProcess:
             stdout_tail=self.stdout.value(),
             stderr_tail=self.stderr.value(),
             output_bytes=self.stdout.total,
+            log_error=self.sink.error,
         )

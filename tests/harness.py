@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 TESTS = Path(__file__).resolve().parent
 FAKE_AGENT = TESTS / "bin" / "fake-agent"
 REPO = TESTS.parent
+
+T = TypeVar("T")
 
 
 def agent_command(*extra: str) -> list[str]:
@@ -29,6 +31,18 @@ def agent_command(*extra: str) -> list[str]:
 
 def toml_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def poll(pred: Callable[[], T | None], timeout: float, what: str, why: Callable[[], str]) -> T:
+    """The first truthy ``pred()``, checked every 20 ms; AssertionError with ``why()`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{why()}")
+        time.sleep(0.02)
 
 
 class Daemon:
@@ -85,11 +99,19 @@ class Daemon:
 
     # --- process control ---
 
-    def start(self, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        *args: str,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """Start the daemon (``prefix`` goes before it, e.g. an ``unshare`` command)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "batchd",
@@ -213,16 +235,7 @@ class Daemon:
     def wait_for(
         self, pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
     ) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = pred()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {what}\n--- daemon stderr:\n{self.stderr()}"
-                )
-            time.sleep(0.02)
+        return poll(pred, timeout, what, lambda: f"--- daemon stderr:\n{self.stderr()}")
 
     def batch_states(self) -> list[dict[str, Any]]:
         """Every batch's state.json as stored on disk, by seq."""

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchctl import cli
 from batchd.model import parse_iso
@@ -298,25 +300,34 @@ def test_submit_bad_config_exits_1(local: Local) -> None:
 
 
 def test_submit_issues_cleans_titles(local: Local) -> None:
-    """Titles lose escapes and control characters, whitespace runs become one space, 200 max."""
+    """Titles lose escapes and control characters, whitespace runs become one space, a long
+    one is cut to 200 characters ending in '...', a blank one reads '(no title)'."""
     local.fake_gh(
         {
             "72": "Fix \x1b[31mred\x1b[0m\tlogin\n\n  bug\r\n",
             "8": "Ünïcödé ✓ 日本語 " + "x" * 300,
             "9": "bell\x07 and \x1b]0;window title\x07OSC\x7f here",
+            "84": "",
+            "85": " \t\r\n\x1b[0m\x07 ",
         }
     )
-    out = local.ctl("submit", "--issues", "72", "8", "72", "9", "8", "--repo", "me/app")
+    out = local.ctl("submit", "--issues", "72", "8", "72", "9", "8", "84", "85", "--repo", "me/app")
     assert out.returncode == 0, out.stderr
     [path] = local.spooled()
     request = json.loads(path.read_text())
-    assert request["source_type"] == "github_issues" and request["issue_numbers"] == [72, 8, 9]
-    assert request["features"][0] == "Issue #72: Fix red login bug"
-    assert request["features"][1] == "Issue #8: " + ("Ünïcödé ✓ 日本語 " + "x" * 300)[:200]
-    assert request["features"][2] == "Issue #9: bell and OSC here"
+    assert request["source_type"] == "github_issues"
+    assert request["issue_numbers"] == [72, 8, 9, 84, 85]
+    assert request["features"] == [
+        "Issue #72: Fix red login bug",
+        "Issue #8: " + ("Ünïcödé ✓ 日本語 " + "x" * 300)[:197] + "...",
+        "Issue #9: bell and OSC here",
+        "Issue #84: (no title)",
+        "Issue #85: (no title)",
+    ]
     assert request["cwd"] == str(local.root)
     assert local.gh_calls() == [
-        ["issue", "view", n, "--json", "number,title", "--repo", "me/app"] for n in ("72", "8", "9")
+        ["issue", "view", n, "--json", "number,title", "--repo", "me/app"]
+        for n in ("72", "8", "9", "84", "85")
     ]
     parse_spool_file(path.name, path.read_bytes(), Limits())
 
@@ -630,13 +641,40 @@ def test_submit_does_not_ask_when_the_environment_decides(local: Local) -> None:
         ("link \x1b]8;;https://x.test\x1b\\text\x1b]8;;\x1b\\ done", "link text done"),
         ("  trimmed  ", "trimmed"),
         ("日本語 ✓ émoji 🎉", "日本語 ✓ émoji 🎉"),
-        ("y" * 250, "y" * 200),
+        ("y" * 200, "y" * 200),
+        ("y" * 201, "y" * 197 + "..."),
+        ("y" * 250, "y" * 197 + "..."),
+        ("y" * 196 + " \t z" + "y" * 10, "y" * 196 + "..."),  # no space left before the mark
         ("\x1b", ""),
     ],
 )
 def test_clean_title(title: str, clean: str) -> None:
-    """Issue titles come out as one printable line of at most 200 characters."""
+    """Issue titles come out as one printable line of at most 200 characters, a cut one
+    ending in '...'."""
     assert cli.clean_title(title) == clean
+
+
+@pytest.mark.parametrize("title", ["", " ", "\t\n\r\n", "\x1b[0m\x07", "\u2028\x00"])
+def test_blank_issue_title_reads_no_title(title: str) -> None:
+    """Regression (was 'Issue #84:'): an empty or blank title reads 'Issue #N: (no title)'."""
+    assert cli.issue_feature(84, title) == "Issue #84: (no title)"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_any_title_fits_and_a_cut_one_says_so(title: str) -> None:
+    """Any title becomes at most 200 printable characters; it is cut exactly when the one-line
+    form is longer, and then ends in '...' after a prefix of that form."""
+    line = cli.one_line(title)
+    clean = cli.clean_title(title)
+    assert len(clean) <= 200 and clean.isprintable() and clean == clean.strip()
+    if len(line) <= 200:
+        assert clean == line
+    else:
+        assert clean.endswith("...") and line.startswith(clean[:-3])
+    feature = cli.issue_feature(7, title)
+    assert feature == f"Issue #7: {clean or '(no title)'}"
+    assert parse_spool_file("f.txt", feature.encode(), Limits()).features == [feature]
 
 
 @pytest.mark.parametrize(

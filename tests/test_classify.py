@@ -333,6 +333,104 @@ def test_huge_or_infinite_cost_is_dropped() -> None:
         assert got is not None and got.cost_usd is None, bad
 
 
+# --- permission denials -------------------------------------------------------------
+
+FIX = "--permission-mode or --allowedTools in runner.command"
+ALLOW = "runner.allow_permission_denials = true"
+
+
+def denial(tool: str, n: int = 0) -> dict[str, Any]:
+    """One ``permission_denials`` entry the way Claude Code writes it."""
+    tool_input = {"command": "rm -rf build"} if tool == "Bash" else {"file_path": f"/w/f{n}.py"}
+    return {"tool_name": tool, "tool_use_id": f"toolu_0{n}", "tool_input": tool_input}
+
+
+def denied_result(*tools: str, is_error: bool = False) -> bytes:
+    entries = [denial(t, i) for i, t in enumerate(tools)]
+    return result_line(
+        is_error=is_error, result="I could not write the file", permission_denials=entries
+    )
+
+
+def test_parse_reads_the_denied_tools_in_order() -> None:
+    """parse_claude_result lists the tool of every permission_denials entry, in order."""
+    got = parse_claude_result(denied_result("Write", "Bash", "Write"))
+    assert got is not None and got.denied_tools == ("Write", "Bash", "Write")
+    clean = parse_claude_result(result_line(permission_denials=[]))
+    assert clean is not None and clean.denied_tools == ()
+
+
+@pytest.mark.parametrize(
+    ("denials", "tools"),
+    [
+        (None, ()),
+        ({"tool_name": "Write"}, ()),  # not a list: not Claude Code's shape
+        ([{"tool_use_id": "x"}], ("(unnamed tool)",)),
+        (["Write"], ("(unnamed tool)",)),
+        ([{"tool_name": 7}, {"tool_name": " "}], ("(unnamed tool)", "(unnamed tool)")),
+    ],
+)
+def test_odd_permission_denials_shapes(denials: Any, tools: tuple[str, ...]) -> None:
+    """A non-list is no denial; an entry without a usable tool_name still counts as one."""
+    got = parse_claude_result(result_line(permission_denials=denials))
+    assert got is not None and got.denied_tools == tools
+
+
+@pytest.mark.parametrize("fmt", ["auto", "claude-json"])
+def test_denials_with_exit_zero_are_a_permanent_failure(fmt: OutputFormat) -> None:
+    """Exit 0 and is_error false, but tools were denied: failed, permanent, tools and fix named."""
+    v = judge(
+        fmt, exit_code=0, stdout_tail=b"transcript\n" + denied_result("Write", "Bash", "Write")
+    )
+    assert (v.outcome, v.failure_type) == ("failed", "permanent")
+    assert v.message is not None
+    assert v.message.startswith("permission denied for Write, Bash (")
+    assert FIX in v.message and ALLOW in v.message
+    assert v.message.endswith(": I could not write the file")
+
+
+@pytest.mark.parametrize(
+    ("code", "is_error"), [(75, False), (1, True), (0, True)], ids=["exit-75", "error", "is-error"]
+)
+def test_denials_beat_exit_code_and_error_text(code: int, is_error: bool) -> None:
+    """Denials make the failure permanent even with a transient exit code or is_error."""
+    stdout = result_line(
+        is_error=is_error, result="ConnectionError: reset", permission_denials=[denial("Edit")]
+    )
+    v = judge(exit_code=code, stdout_tail=stdout)
+    assert (v.outcome, v.failure_type) == ("failed", "permanent")
+    assert v.message is not None and "permission denied for Edit" in v.message
+
+
+def test_allow_permission_denials_lets_the_exit_code_decide() -> None:
+    """Built with allow_permission_denials=True, denials are ignored: exit 0 completes."""
+    allowing = Classifier.build(allow_permission_denials=True)
+    v = judge(classifier=allowing, exit_code=0, stdout_tail=denied_result("Write"))
+    assert (v.outcome, v.failure_type, v.message) == ("completed", None, None)
+    v = judge(classifier=allowing, exit_code=0, stdout_tail=denied_result("Write", is_error=True))
+    assert v.outcome == "failed" and v.message is not None and "permission" not in v.message
+
+
+def test_text_mode_ignores_denials() -> None:
+    """output_format text reads no result, so denials are not looked at either."""
+    assert judge("text", exit_code=0, stdout_tail=denied_result("Write")).outcome == "completed"
+
+
+def test_many_denied_tools_are_summarised_within_the_cap() -> None:
+    """Thirty distinct denied tools: ten named, the rest counted, the fix still in the message."""
+    tools = [f"mcp__server__tool_{i:02d}_" + "x" * 60 for i in range(30)]
+    v = judge(exit_code=0, stdout_tail=denied_result(*tools))
+    assert v.message is not None and len(v.message) <= 1000
+    assert "and 20 more" in v.message and FIX in v.message and ALLOW in v.message
+
+
+def test_denied_tool_names_are_sanitised() -> None:
+    """A tool name with escapes or newlines cannot forge a log line."""
+    v = judge(exit_code=0, stdout_tail=denied_result("Wr\x1b[31mite\nFAKE LOG LINE"))
+    assert v.message is not None and not CONTROL.search(v.message)
+    assert "permission denied for Write FAKE LOG LINE" in v.message
+
+
 # --- stdout is a transcript ------------------------------------------------------
 
 
@@ -374,10 +472,10 @@ def test_invalid_utf8_on_stderr_is_tolerated() -> None:
 
 
 def test_long_stderr_message_is_capped() -> None:
-    """The message is cut to 1000 characters plus the truncation marker."""
+    """Regression (was 1014): the message is 1000 characters, the truncation marker included."""
     v = judge(exit_code=1, stderr_tail=b"x" * 70_000)
     assert v.message is not None and v.message.endswith(TRUNCATED)
-    assert len(v.message) == 1000 + len(TRUNCATED)
+    assert len(v.message) == 1000
 
 
 # --- retry hints ----------------------------------------------------------------
@@ -436,8 +534,10 @@ def test_sanitize_examples() -> None:
     assert sanitize("a\tb") == "a b"
     assert sanitize("\x1b]0;title\x07visible") == "visible"
     assert sanitize("\x9b31mc1 csi") == "c1 csi"
-    assert sanitize("x" * 1001) == "x" * 1000 + TRUNCATED
+    assert sanitize("x" * 1001) == "x" * (1000 - len(TRUNCATED)) + TRUNCATED
     assert sanitize("x" * 1000) == "x" * 1000
+    assert sanitize("x" * 400, 300) == "x" * (300 - len(TRUNCATED)) + TRUNCATED
+    assert sanitize("x" * 20, 5) == "xxxxx"  # no room for the marker: cut bare
 
 
 @pytest.mark.parametrize(
@@ -479,10 +579,17 @@ def test_sanitize_leaves_ordinary_text_alone(text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=3000))
 def test_no_control_character_survives_and_the_cap_holds(text: str) -> None:
-    """Whatever the input, no C0, DEL or C1 character survives and the length is capped."""
+    """Whatever the input, no C0, DEL or C1 character survives and it is 1000 characters at most."""
     out = sanitize(text)
     assert not CONTROL.search(out)
-    assert len(out) <= 1000 + len(TRUNCATED)
+    assert len(out) <= 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=1500), st.integers(0, 1200))
+def test_any_limit_is_a_hard_cap(text: str, limit: int) -> None:
+    """sanitize(text, limit) is never longer than limit, however short the limit."""
+    assert len(sanitize(text, limit)) <= limit
 
 
 @settings(max_examples=200, deadline=None)
@@ -540,6 +647,15 @@ def test_plain_text_comes_out_unchanged(text: str) -> None:
     """Printable text up to 1000 characters with no escape and no secret is not changed."""
     assume(not _SECRET_LIKE.search(text.lower()))
     assert sanitize(text) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(PLAIN, st.text(alphabet="abc xyz", min_size=1001, max_size=3000))
+def test_plain_text_over_the_limit_is_its_start_and_the_marker(head: str, tail: str) -> None:
+    """Plain text over 1000 characters becomes its first 986 characters and the marker."""
+    text = head + tail
+    assume(not _SECRET_LIKE.search(text.lower()))
+    assert sanitize(text) == text[: 1000 - len(TRUNCATED)] + TRUNCATED
 
 
 @pytest.mark.parametrize("lead", ["\x1b", "\x1b ", "\x1b[", "\x9b", "\x1b(", "\x1b]0;\x07\x1b"])

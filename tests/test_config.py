@@ -28,6 +28,7 @@ SPEC_DEFAULTS = {
         "max_log_bytes": 10485760,
         "output_format": "auto",
         "env": {},
+        "allow_permission_denials": False,
     },
     "spool": {
         "max_file_bytes": 1048576,
@@ -117,6 +118,7 @@ kill_grace = 3
 max_log_bytes = 2048
 output_format = "claude-json"
 env = { PATH = "/usr/bin", API_KEY = "x" }
+allow_permission_denials = true
 [spool]
 max_file_bytes = 10
 max_features = 2
@@ -153,6 +155,7 @@ timeout = 5
     assert (c.runner.timeout, c.runner.kill_grace, c.runner.max_log_bytes) == (1.5, 3.0, 2048)
     assert c.runner.output_format == "claude-json"
     assert c.runner.env == {"PATH": "/usr/bin", "API_KEY": "x"}
+    assert c.runner.allow_permission_denials is True
     assert (c.spool.max_file_bytes, c.spool.max_features, c.spool.settle_ms) == (10, 2, 0)
     assert (c.retry.max_per_feature, c.retry.backoff_initial, c.retry.jitter) == (0, 0.5, "none")
     assert (c.breaker.threshold, c.breaker.on_open, c.breaker.cooldown) == (1, "pause", 30.0)
@@ -249,18 +252,36 @@ def test_runner_is_split_like_a_shell_never_run_by_one(
         ("agent 'unclosed", None, "--runner: cannot split"),
         (None, 'agent "unclosed', "BATCHD_RUNNER: cannot split"),
         (None, "   ", "BATCHD_RUNNER: the runner command is empty"),
+        ("", None, "--runner: the runner command is empty; give a program"),
+        ("", "agent {feature}", "--runner: the runner command is empty"),
+        ("   ", None, "--runner: the runner command is empty"),
+        (
+            "echo {featur} {Feature}",
+            None,
+            "--runner: runner.command[1]: unknown placeholder {featur}",
+        ),
+        (None, "agent {feature", "BATCHD_RUNNER: runner.command[1]: a lone '{'"),
     ],
 )
 def test_bad_runner_override_names_its_source(
     tmp_path: Path, flag: str | None, env_value: str | None, needle: str
 ) -> None:
-    """An unsplittable or empty runner override is an error naming the flag or variable."""
+    """An unsplittable, empty or badly templated runner override is an error naming the flag
+    or variable; a given --runner '' counts (it does not fall back to BATCHD_RUNNER)."""
     env = env_for(write(tmp_path, ""))
     if env_value is not None:
         env["BATCHD_RUNNER"] = env_value
     with pytest.raises(ConfigError) as e:
         load_config(env, runner=flag)
     assert str(e.value).startswith(needle)
+
+
+def test_empty_batchd_runner_means_unset(tmp_path: Path) -> None:
+    """BATCHD_RUNNER='' is treated as not set: runner.command from the file applies."""
+    env = env_for(write(tmp_path, '[runner]\ncommand = ["from-config", "{feature}"]\n'))
+    env["BATCHD_RUNNER"] = ""
+    assert load_config(env).runner.command == ["from-config", "{feature}"]
+    assert load_config(env, runner="flag {index}").runner.command == ["flag", "{index}"]
 
 
 # --- errors name the file and the key ------------------------------------------------
@@ -338,6 +359,37 @@ def test_bad_runner_override_names_its_source(
         pytest.param(
             "[slurm]\nsbatch_args = '-p x'\n", "slurm.sbatch_args", "Expected array", id="args-str"
         ),
+        pytest.param(
+            "[runner]\ncommand = ['agent', '-p', 'do {featur}']\n",
+            "runner.command[2]",
+            "unknown placeholder {featur}; the placeholders are {feature}, {index}, "
+            "{batch_id}, {attempt}, {issue}",
+            id="unknown-placeholder",
+        ),
+        pytest.param(
+            "[runner]\ncommand = ['agent', '{feature} }']\n",
+            "runner.command[1]",
+            "a lone '}' at character 11 (write }})",
+            id="lone-brace",
+        ),
+        pytest.param(
+            "[hooks]\nafter_feature = ['notify', '{outcome}']\n",
+            "hooks.after_feature[1]",
+            "unknown placeholder {outcome}",
+            id="hook-placeholder",
+        ),
+        pytest.param(
+            "[hooks]\non_batch_done = ['{'] \n",
+            "hooks.on_batch_done[0]",
+            "a lone '{'",
+            id="hook-lone-brace",
+        ),
+        pytest.param(
+            "[runner]\nallow_permission_denials = 'yes'\n",
+            "runner.allow_permission_denials",
+            "Expected bool",
+            id="allow-denials",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, detail: str) -> None:
@@ -380,3 +432,16 @@ def test_decode_file_config_names_the_given_source() -> None:
         decode_file_config({"retry": {"max_global": -2}}, "/etc/batchd.toml")
     assert str(e.value) == "/etc/batchd.toml: retry.max_global: Expected int >= 0"
     assert decode_file_config({}, "x") == FileConfig()
+    bad_hook = {"hooks": {"before_feature": ["x", "{Feature}"]}}
+    with pytest.raises(ConfigError, match=r"^/etc/b\.toml: hooks\.before_feature\[1\]: unknown"):
+        decode_file_config(bad_hook, "/etc/b.toml")
+
+
+def test_every_hook_is_checked_for_placeholders() -> None:
+    """Each [hooks] argv is checked, and literal braces written {{ }} pass."""
+    hooks = [name for name in FileConfig().hooks.__struct_fields__ if name != "timeout"]
+    assert len(hooks) == 4
+    for name in hooks:
+        with pytest.raises(ConfigError, match=rf": hooks\.{name}\[0\]: unknown placeholder"):
+            decode_file_config({"hooks": {name: ["{nope}"]}}, "c.toml")
+        decode_file_config({"hooks": {name: ["jq", "{{.x}}", "{batch_id}"]}}, "c.toml")

@@ -215,6 +215,8 @@ def test_state_files_are_private(make_daemon: MakeDaemon) -> None:
 def test_log_cap_keeps_head_and_tail(make_daemon: MakeDaemon) -> None:
     """Past max_log_bytes the attempt log keeps the first and last halves with a marker."""
     code = "import sys\nfor i in range(60000): sys.stdout.write(f'line {i:06d}\\n')\n"
+    # Braces in runner.command are placeholders: the code's own are written doubled.
+    code = code.replace("{", "{{").replace("}", "}}")
     d = make_daemon(runner=[sys.executable, "-c", code], config="")
     d.config_path.write_text(
         d.config_path.read_text().replace(
@@ -229,3 +231,31 @@ def test_log_cap_keeps_head_and_tail(make_daemon: MakeDaemon) -> None:
     assert "bytes omitted here" in log
     assert 65536 <= len(log) <= 65536 + 200
     assert state["context_token_estimate"] == 60000 * 12 // 4
+
+
+def test_a_bad_reload_keeps_the_old_config_and_says_so(make_daemon: MakeDaemon) -> None:
+    """SIGHUP with a bad config, then with the file deleted: the old config stays in force,
+    the log says why at error level, and status shows it under problems until a good reload."""
+    d = make_daemon(config="[runner.env]\nMARK = \"old\"\n")
+    d.start()
+    assert d.proc is not None
+    good = d.config_path.read_text()
+    d.config_path.write_text(good + "[retry]\nmax_per_featur = 1\n")
+    d.proc.send_signal(signal.SIGHUP)
+    [problem] = d.wait_for(lambda: d.status()["problems"], what="the reload problem")
+    assert problem["kind"] == "config" and "retry.max_per_featur" in problem["message"]
+    assert "previous configuration is kept" in problem["message"]
+    assert "ERROR reload failed" in d.stderr()
+    d.config_path.unlink()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for(
+        lambda: "was deleted" in d.status()["problems"][0]["message"], what="the deleted config"
+    )
+    d.drop("a.txt", ["stderr_env=MARK"])
+    [state] = d.wait_finished(1)
+    assert state["status"] == "completed"
+    log = d.state / "batches" / state["batch_id"] / "logs" / "0.1.log"
+    assert log.read_text().strip() == "old"  # ran with the old config's runner.env
+    d.config_path.write_text(good.replace('"old"', '"new"'))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for(lambda: d.status()["problems"] == [], what="the problem cleared")

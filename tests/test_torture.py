@@ -9,10 +9,14 @@ import contextlib
 import json
 import os
 import random
+import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -213,3 +217,52 @@ def test_kill_storm_long(make_daemon: MakeDaemon) -> None:
         env={"BATCH_RETRY_ENABLED": "1"}, config='[retry]\nbackoff_initial = 0.2\njitter = "none"\n'
     )
     kill_storm(d, 60, seed=int(os.environ.get("BATCHD_TORTURE_SEED", "3")))
+
+
+def _namespace_init(outer: int) -> int | None:
+    """The pid (as seen from here) of PID 1 of the namespace that ``unshare --fork`` made."""
+    try:
+        for tid in os.listdir(f"/proc/{outer}/task"):
+            with open(f"/proc/{outer}/task/{tid}/children") as f:
+                children = f.read().split()
+            if children:
+                return int(children[0])
+    except OSError:
+        return None
+    return None
+
+
+def test_kill_storm_inside_a_pid_namespace(make_daemon: MakeDaemon) -> None:
+    """Regression (issue 12 §1): the daemon as PID 1 of a fresh PID namespace, as in a
+    container, killed 30 times at random while a no-op runner drains 1,000 features (the
+    kills land inside state writes): every start gets pid 1 again, and the batch still
+    finishes with nothing reported and nothing left behind."""
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a PID namespace (CI runs as root)")
+    # --kill-child: when unshare dies (the harness kills it at the end), so does the namespace.
+    prefix = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a PID namespace here: {probe.stderr.strip()}")
+    d = make_daemon(
+        runner=["/bin/true", "{feature}"], config="[spool]\nsettle_ms = 50\n"
+    )
+    rng = random.Random(int(os.environ.get("BATCHD_TORTURE_SEED", "5")))
+    d.start(prefix=prefix)
+    d.drop("many.txt", [f"f{i}" for i in range(1000)])
+    d.wait_for(lambda: d.batch_states(), what="the batch accepted")
+    for _ in range(30):
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert d.proc is not None
+        init = d.wait_for(partial(_namespace_init, d.proc.pid), what="PID 1 of the namespace")
+        os.kill(init, signal.SIGKILL)  # the whole namespace dies, like a container stop
+        d.proc.wait(10)
+        d.start(prefix=prefix)
+        assert d.status()["daemon"]["pid"] == 1
+    [state] = d.wait_finished(1, timeout=120)
+    assert state["status"] == "completed", state["status"]
+    assert sorted(state["completed_features"]) == list(range(1000))
+    done = Counter(h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed")
+    assert set(done.values()) == {1}
+    assert d.status()["problems"] == []
+    assert not list(d.state.rglob(".*.tmp")) and not list(d.state.rglob("*.corrupt-*"))
