@@ -14,7 +14,9 @@ What munge and Slurm refuse, found by trying (munge 0.5.15, Slurm 22.05):
   are 0711: traversable, not listable. The key stays 0400 root (munged refuses
   a key readable by others).
 - slurm.conf must be readable by every client, including another user's
-  ``sbatch``: 0644 in the 0711 dir.
+  ``sbatch``: 0644 in the 0711 dir. The spool dir is 0711 too: a job runs
+  its script from there as the job's user (0700 fails another user's job with
+  "execve(): .../slurm_script: Permission denied").
 - ``MinJobAge=1`` is raised to 2 ("MinJobAge must be at least 2" in the
   slurmctld log); 0 means never purge. slurmctld purges ended jobs every
   max(10, MinJobAge) seconds, so with 2 a job is forgotten 2 to 12 s after it
@@ -209,7 +211,7 @@ def start_cluster() -> Cluster:
     for sub, mode in (
         ("munge", 0o711),
         ("state", 0o700),
-        ("spool", 0o700),
+        ("spool", 0o711),
         ("run", 0o700),
         ("log", 0o700),
     ):
