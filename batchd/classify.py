@@ -57,11 +57,6 @@ _SECRET_RES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def strip_escapes(text: str) -> str:
-    """Remove terminal escape sequences (but not other control characters)."""
-    return _ANSI_RE.sub("", text)
-
-
 def redact(text: str) -> str:
     for pattern, replacement in _SECRET_RES:
         text = pattern.sub(replacement, text)
@@ -338,6 +333,11 @@ class Classifier:
         if code in self.transient_exit_codes:
             return fail("transient", why)
         return fail(self.failure_type(lowered) or "permanent", why)
+
+
+def hook_failed(name: str, why: str) -> Verdict:
+    """A ``before_feature`` hook that failed fails the attempt as transient (SPEC 5)."""
+    return Verdict("failed", "transient", sanitize(f"hook {name} failed: {why}"))
 
 
 # --- retry hints -------------------------------------------------------------

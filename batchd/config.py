@@ -31,6 +31,10 @@ class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class QueueConfig(Base):
+    slots: PosInt = 1  # features that may run at once; never two in one cwd (SPEC 11)
+
+
 class RunnerConfig(Base):
     engine: Literal["local", "slurm"] = "local"
     command: Annotated[Argv, msgspec.Meta(min_length=1)] = msgspec.field(
@@ -100,6 +104,7 @@ class FileConfig(Base):
     spool_dir: str | None = None
     state_dir: str | None = None
     socket: str | None = None
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     runner: RunnerConfig = msgspec.field(default_factory=RunnerConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
@@ -115,6 +120,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
 
     paths: Paths
     file: FileConfig
+
+    @property
+    def queue(self) -> QueueConfig:
+        return self.file.queue
 
     @property
     def runner(self) -> RunnerConfig:

@@ -19,6 +19,7 @@ SPEC_DEFAULTS = {
     "spool_dir": None,
     "state_dir": None,
     "socket": None,
+    "queue": {"slots": 1},
     "runner": {
         "engine": "local",
         "command": ["claude", "-p", "/auto-implement {feature}", "--output-format", "json"],
