@@ -36,6 +36,7 @@ class QueueConfig(Base):
 
 
 class RunnerConfig(Base):
+    engine: Literal["local", "slurm"] = "local"
     command: Annotated[Argv, msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: list(DEFAULT_RUNNER)
     )
@@ -81,6 +82,11 @@ class LimitsConfig(Base):
     max_cost_usd: Seconds = 0
 
 
+class SlurmConfig(Base):
+    sbatch_args: Argv = msgspec.field(default_factory=list)
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 5
+
+
 class HooksConfig(Base):
     on_batch_done: Argv = msgspec.field(default_factory=list)
     on_breaker_open: Argv = msgspec.field(default_factory=list)
@@ -105,6 +111,7 @@ class FileConfig(Base):
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    slurm: SlurmConfig = msgspec.field(default_factory=SlurmConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
 
 
@@ -141,6 +148,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def limits(self) -> LimitsConfig:
         return self.file.limits
+
+    @property
+    def slurm(self) -> SlurmConfig:
+        return self.file.slurm
 
     @property
     def hooks(self) -> HooksConfig:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Daemon
+from tests.slurm_cluster import slurm_cluster as slurm_cluster
 
 
 @pytest.fixture(params=["asyncio", "trio"])
