@@ -27,6 +27,7 @@ from batchd.engine import Engine
 from batchd.engines import RunnerEngine
 from batchd.engines.local import LocalEngine
 from batchd.engines.process import become_subreaper
+from batchd.engines.slurm import SlurmEngine
 from batchd.parse import Limits
 from batchd.paths import ConfigError
 from batchd.server import SocketInUse, bind_socket, serve
@@ -47,8 +48,11 @@ def limits_from(cfg: Config) -> Limits:
     )
 
 
-def make_runner(cfg: Config) -> RunnerEngine:
+def make_runner(cfg: Config, env: dict[str, str]) -> RunnerEngine:
     """The runner engine that ``runner.engine`` names."""
+    if cfg.runner.engine == "slurm":
+        s = cfg.slurm
+        return SlurmEngine(cfg.paths.state_dir, s.sbatch_args, float(s.poll_interval), env)
     return LocalEngine()
 
 
@@ -74,7 +78,7 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
     engine = Engine(
         cfg,
         store,
-        make_runner(cfg),
+        make_runner(cfg, dict(os.environ)),
         backend=backend,
         env=os.environ,
         notify=lambda line: systemd.notify(f"STATUS={line}"),
@@ -189,6 +193,13 @@ def _reload(engine: Engine, spool: Spool, reload: Reload) -> str | None:
     if new.paths != old.paths:
         log.warning("reload: path changes (spool, state, socket) need a restart; kept the old")
         new = msgspec.structs.replace(new, paths=old.paths)
+    if new.runner.engine != old.runner.engine:
+        log.warning("reload: runner.engine changes need a restart; kept %r", old.runner.engine)
+        runner = msgspec.structs.replace(new.runner, engine=old.runner.engine)
+        new = msgspec.structs.replace(new, file=msgspec.structs.replace(new.file, runner=runner))
+    if isinstance(engine.runner, SlurmEngine):
+        engine.runner.sbatch_args = list(new.slurm.sbatch_args)
+        engine.runner.poll_interval = float(new.slurm.poll_interval)
     engine.apply_config(new)
     spool.reconfigure(limits_from(new), new.spool.settle_ms)
     if queue.lift_trouble_pause(engine.daemon, engine.clock.now()):
