@@ -186,8 +186,9 @@ def test_install_service_and_verify(tmp_path: Path) -> None:
     unit_dir = tmp_path / "units"
     exe = tmp_path / "bin" / "batchd"
     exe.parent.mkdir()
-    exe.write_text("#!/bin/sh\nexit 0\n")
-    exe.chmod(0o755)
+    for stand_in in (exe, exe.with_name("batchctl")):
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
     out = io.StringIO()
     assert (
         install_service(
