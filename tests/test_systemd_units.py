@@ -329,7 +329,9 @@ def test_template_placeholders_are_only_where_they_belong() -> None:
         template = (REPO / "batchd" / "units" / name).read_text().splitlines()
         [line] = [line for line in template if placeholder in line]
         assert line.startswith(directive), line
-        assert all(p not in render_unit(name, "/x/batchd") for p in ("@BATCHD@", "@BATCHCTL@", "@LISTEN@"))
+        assert all(
+            p not in render_unit(name, "/x/batchd") for p in ("@BATCHD@", "@BATCHCTL@", "@LISTEN@")
+        )
 
 
 def test_service_unit_has_what_the_spec_asks() -> None:
