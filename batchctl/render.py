@@ -191,23 +191,24 @@ def running_lines(st: shapes.Status, now: float) -> list[str]:
         elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
         out.append(
             cut(
-                f"running: [{run['seq']}] {run['batch_id']} {where}, attempt {run['attempt']}, "
+                f"running: [{run['seq']}] {run['batch_id']}, attempt {run['attempt']}, "
                 f"{elapsed}{state}",
                 WIDTH,
             )
         )
-        out.append(cut(f"    {printable(run['feature'])}", WIDTH))
+        out.append(cut(f"    {where}: {printable(run['feature'])}", WIDTH))
     if out:
         return out
     at = st["next_retry_at"]
     if at is not None:
+        retry = f"retry at {local_time(at, now)} (in {until(at, now)})"
         waiting = next((b for b in st["batches"] if b["next_attempt_at"] == at), None)
-        what = "a batch"
-        if waiting is not None:
-            where = feature_label(waiting["current_index"], waiting["total_features"])
-            what = f"[{waiting['seq']}] {waiting['batch_id']} {where}"
+        if waiting is None:
+            return [f"waiting: {retry}"]
+        where = feature_label(waiting["current_index"], waiting["total_features"])
         return [
-            cut(f"waiting: {what} runs again at {local_time(at, now)} (in {until(at, now)})", WIDTH)
+            cut(f"waiting: [{waiting['seq']}] {waiting['batch_id']}, {retry}", WIDTH),
+            f"    {where}",
         ]
     return ["running: nothing"]
 
