@@ -137,7 +137,8 @@ _batchctl() {
     elif [[ -z $cmd ]]; then
         COMPREPLY=($(compgen -W "@COMMANDS@" -- "$cur"))
     else
-        local -a kinds=($(_batchctl_kinds "$cmd"))
+        local -a kinds
+        read -ra kinds <<< "$(_batchctl_kinds "$cmd")"
         k=none
         if ((npos < ${#kinds[@]})); then
             k=${kinds[npos]}

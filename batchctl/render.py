@@ -270,7 +270,8 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
     out = [
         cut(f"[{b['seq']}] {b['batch_id']}  {b['name']}", width),
         f"status: {b['status']}{reason}",
-        cut(f"source: {b['source_type']}; runs in: {b['workdir']}", width),
+        f"source: {b['source_type']}",
+        f"runs in: {printable(b['workdir'])}",
         f"features: {b['total_features']}: {b['completed']} completed, "
         f"{b['failed']} failed, {b['skipped']} skipped",
         f"retries: {r['global_retry_count']} so far; breaker "

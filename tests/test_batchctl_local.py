@@ -577,6 +577,117 @@ def test_daemon_commands_import_neither_anyio_nor_msgspec(local: Local) -> None:
     assert result["heavy"] == []
 
 
+START_PROBE = """
+import json, sys
+floor = set(json.loads(sys.argv[1]))
+from batchctl.cli import main
+try:
+    main(json.loads(sys.argv[2]))
+except SystemExit as e:
+    code = e.code
+print()
+print(json.dumps({"code": code, "new": sorted(set(sys.modules) - floor)}))
+"""
+FAST = {
+    "argparse",
+    "gettext",
+    "batchctl",
+    "batchctl.cli",
+    "batchctl.commands",
+    "batchctl.render",
+    "batchctl.transport",
+    "batchd",
+    "batchd.paths",
+    "batchd.protocol",
+}
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "allowed"),
+    [
+        (["status"], 3, FAST),
+        (["--version"], 0, FAST),
+        (["completion", "bash"], 0, {*FAST, "batchctl.completion"}),
+    ],
+)
+def test_fast_commands_import_nothing_new(
+    local: Local, argv: list[str], code: int, allowed: set[str]
+) -> None:
+    """status, --version and completion load, beyond a bare `import socket, json`, only
+    argparse and batchctl's own modules: the split added no import to the start."""
+    floor = subprocess.run(
+        [sys.executable, "-c", "import json, socket, sys; print(json.dumps(sorted(sys.modules)))"],
+        env=local.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", START_PROBE, floor.stdout, json.dumps(argv)],
+        env=local.env,
+        cwd=local.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["code"] == code, out
+    assert set(result["new"]) <= allowed, set(result["new"]) - allowed
+
+
+def test_command_table_sends_exactly_the_protocol_commands() -> None:
+    """Every control command of protocol.COMMANDS is sent by some batchctl command, and
+    nothing else is (as the daemon's own table is checked in batchd/server.py)."""
+    from batchctl.cli import TABLE
+    from batchd.protocol import COMMANDS
+
+    assert {cmd for c in TABLE for cmd in c.sends} == set(COMMANDS)
+    assert len({c.name for c in TABLE}) == len(TABLE)
+
+
+BARRIER_GH = """#!{python}
+import json, os, sys, time
+argv = sys.argv[1:]
+number = argv[2]
+gate = os.environ["GH_GATE"]
+open(os.path.join(gate, number), "w").close()
+deadline = time.monotonic() + 20
+while len(os.listdir(gate)) < 2:  # a second call must be running at the same time
+    if time.monotonic() > deadline:
+        print("alone for 20 s", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(0.01)
+print(json.dumps({{"number": int(number), "title": "title " + number}}))
+"""
+
+
+def test_submit_issues_fetches_titles_concurrently(local: Local) -> None:
+    """gh runs for several issues at once: each fake gh call waits until another one runs
+    (calls one at a time would all time out), and every fetched title is reported."""
+    gate = local.root / "gate"
+    gate.mkdir()
+    gh = local.bin / "gh"
+    gh.write_text(BARRIER_GH.format(python=sys.executable))
+    gh.chmod(0o755)
+    out = local.ctl(
+        "submit",
+        "--issues",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        env={"GH_GATE": str(gate), "BATCHCTL_GH_TIMEOUT": "30"},
+    )
+    assert out.returncode == 0, out
+    assert "fetching 5 issue titles with gh (4 at a time)" in out.stderr
+    assert all(f"fetched Issue #{n}: title {n}" in out.stderr for n in range(1, 6))
+    [path] = local.spooled()
+    assert json.loads(path.read_text())["features"] == [
+        f"Issue #{n}: title {n}" for n in range(1, 6)
+    ]
+
+
 # --- consent ------------------------------------------------------------------------------
 
 
