@@ -272,7 +272,7 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
         f"status: {b['status']}{reason}",
         f"source: {b['source_type']}",
         f"runs in: {printable(b['workdir'])}",
-        f"features: {b['total_features']}: {b['completed']} completed, "
+        f"{plural(b['total_features'], 'feature')}: {b['completed']} completed, "
         f"{b['failed']} failed, {b['skipped']} skipped",
         f"retries: {r['global_retry_count']} so far; breaker "
         f"{'OPEN' if b['circuit_breaker_open'] else 'closed'}, "

@@ -86,15 +86,19 @@ def caller_cwd() -> str:
         )
 
 
-def checked_dir(cwd: str, what: str) -> str:
-    """``cwd`` made absolute; a directory that does not exist is refused (exit 1)."""
+def checked_dir(cwd: str, what: str | None = None) -> str:
+    """``cwd`` (``--cwd``, or a file's directive ``what``) made absolute; a directory that
+    does not exist is refused (exit 1)."""
     full = os.path.abspath(os.path.expanduser(cwd))
     if not os.path.isdir(full):
-        die(
-            f"{what} {render.printable(cwd)!r}: no such directory; create it or name another",
-            EXIT_FAIL,
-            E_INVALID,
-        )
+        where = f"--cwd {render.printable(cwd)!r}"
+        fix = "create it or name another"
+        if what is not None:
+            where, fix = (
+                f"{what}: '# batchd: cwd = {render.printable(cwd)}'",
+                "create it or fix the line",
+            )
+        die(f"{where}: no such directory; {fix}", EXIT_FAIL, E_INVALID)
     return full
 
 
@@ -216,9 +220,9 @@ def file_request(args: Namespace, cfg: Config) -> tuple[dict[str, Any], str]:
     except ParseError as e:
         die(str(e), EXIT_FAIL, E_INVALID)
     if args.cwd is not None:
-        cwd = checked_dir(args.cwd, "--cwd")
+        cwd = checked_dir(args.cwd)
     elif parsed.cwd is not None:
-        cwd = checked_dir(parsed.cwd, f"{name}: '# batchd: cwd ='")
+        cwd = checked_dir(parsed.cwd, name)
     else:
         cwd = caller_cwd()
     request = {
@@ -241,7 +245,7 @@ def submit(args: Namespace) -> int:
     check_repo(args.repo)
     cfg = load_full_config(args)
     if args.issues is not None:
-        cwd = checked_dir(args.cwd, "--cwd") if args.cwd is not None else caller_cwd()
+        cwd = checked_dir(args.cwd) if args.cwd is not None else caller_cwd()
         request, stem = issues_request(args, cwd)
     else:
         request, stem = file_request(args, cfg)
@@ -254,7 +258,7 @@ def submit(args: Namespace) -> int:
 def add(args: Namespace) -> int:
     """One batch from the command line, one feature per argument."""
     cfg = load_full_config(args)
-    cwd = checked_dir(args.cwd, "--cwd") if args.cwd is not None else caller_cwd()
+    cwd = checked_dir(args.cwd) if args.cwd is not None else caller_cwd()
     features: list[str] = args.features
     name = args.name
     if name is None:
