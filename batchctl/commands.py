@@ -61,6 +61,16 @@ def socket_path(args: Namespace) -> Path:
         die(str(e), EXIT_FAIL, E_CONFIG)
 
 
+def path_options(args: Namespace) -> dict[str, str | None]:
+    """The path options given (for ``batchd.paths.load_paths`` and ``load_config``)."""
+    return {
+        "config": args.config,
+        "spool": args.spool,
+        "state_dir": args.state_dir,
+        "socket": args.socket,
+    }
+
+
 def batch_ref(text: str) -> str | int:
     """A BATCH_ID from the command line: a full id, a ``seq`` (sent as an int) or ``last``.
     Anything else is an unknown batch, refused before it reaches the socket."""
@@ -245,8 +255,14 @@ def follow_logs(path: Path, req: dict[str, Any], args: Namespace) -> int:
             if e.code != E_BAD_STATE:  # not started yet: nothing to show before following
                 raise
         else:
-            if not args.json:
-                sys.stdout.write(last_lines(first["text"], args.lines))
+            start = last_lines(first["text"], args.lines)
+            shown: shapes.LogEvent = {
+                "type": "log",
+                "index": first["index"],
+                "attempt": first["attempt"],
+                "text": start,
+            }
+            show_follow_event(dict(shown), args.json)
             req["index"] = first["index"]
             skip_attempt = first["attempt"]
             skip_bytes = len(first["text"].encode())
@@ -418,7 +434,7 @@ def spool_pending(args: Namespace) -> bool:
     from batchd.paths import ConfigError, load_paths
 
     try:
-        paths, _ = load_paths(os.environ, config=args.config, spool=args.spool)
+        paths, _ = load_paths(os.environ, **path_options(args))
     except ConfigError as e:
         die(str(e), EXIT_FAIL, E_CONFIG)
     for where in (paths.spool_dir, paths.spool_dir / ".claimed"):

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from batchctl.commands import path_options
 from batchctl.transport import E_CONFIG, EXIT_DOWN, EXIT_FAIL, EXIT_OK, Failure, call, die
 from batchd.paths import ConfigError, Paths, load_paths
 
@@ -128,13 +129,7 @@ def config_for_question(args: Namespace) -> Config | None:
 
 def consent(args: Namespace) -> int:
     try:
-        paths, _raw = load_paths(
-            os.environ,
-            config=args.config,
-            spool=args.spool,
-            state_dir=args.state_dir,
-            socket=args.socket,
-        )
+        paths, _raw = load_paths(os.environ, **path_options(args))
     except ConfigError as e:
         die(str(e), EXIT_FAIL, E_CONFIG)
     if args.enable or args.disable:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from batchctl import render
+from batchctl.commands import path_options
 from batchctl.transport import (
     E_CONFIG,
     E_GH,
@@ -56,13 +57,7 @@ NO_TITLE = "(no title)"
 
 def load_full_config(args: Namespace) -> Config:
     try:
-        return load_config(
-            os.environ,
-            config=args.config,
-            spool=args.spool,
-            state_dir=args.state_dir,
-            socket=args.socket,
-        )
+        return load_config(os.environ, **path_options(args))
     except ConfigError as e:
         die(str(e), EXIT_FAIL, E_CONFIG)
 

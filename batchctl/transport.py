@@ -113,11 +113,14 @@ class Connection:
         try:
             self.sock.sendall(line)
         except OSError as e:
-            raise Lost(
-                f"lost the connection to batchd at {self.path}: {e.strerror or e}",
-                EXIT_FAIL,
-                E_NO_REPLY,
-            ) from None
+            raise self.lost(e) from None
+
+    def lost(self, e: OSError) -> Lost:
+        return Lost(
+            f"lost the connection to batchd at {self.path}: {e.strerror or e}",
+            EXIT_FAIL,
+            E_NO_REPLY,
+        )
 
     def message(self) -> dict[str, Any]:
         """The next line, decoded; raises ``TimeoutError`` when the socket timeout passes."""
@@ -134,11 +137,7 @@ class Connection:
             except TimeoutError:
                 raise
             except OSError as e:
-                raise Lost(
-                    f"lost the connection to batchd at {self.path}: {e.strerror or e}",
-                    EXIT_FAIL,
-                    E_NO_REPLY,
-                ) from None
+                raise self.lost(e) from None
             if not chunk:
                 raise Lost(
                     "batchd closed the connection without a reply (did it stop? see its log)",

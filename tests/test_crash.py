@@ -158,7 +158,7 @@ def test_audit_is_durable_before_the_state_that_applies_it(make_daemon: MakeDaem
     """A kill between the audit append and the state write: the audit holds the decision,
     the state does not; after the restart the attempt runs again and is audited again."""
     d = make_daemon(
-        config="[retry]\nbackoff_initial = 0.05\njitter = \"none\"\n",
+        config='[retry]\nbackoff_initial = 0.05\njitter = "none"\n',
         env={"BATCH_RETRY_ENABLED": "true"},
     )
     d.start(env={"BATCHD_FAILPOINTS": "after_audit_write"})

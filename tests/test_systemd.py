@@ -59,7 +59,9 @@ def test_notify_sequence_ready_status_watchdog_stopping(
     }
     assert first["READY=1"] < first["STATUS="] or first["READY=1"] <= first["STATUS="] + 1
     assert first["READY=1"] < first["WATCHDOG=1"] < first["STOPPING=1"]
-    assert any(x.startswith("STATUS=1 running (1 slots): batch-") and "1/1: one" in x for x in lines)
+    assert any(
+        x.startswith("STATUS=1 running (1 slots): batch-") and "1/1: one" in x for x in lines
+    )
 
 
 def test_ready_only_after_orphan_is_gone(

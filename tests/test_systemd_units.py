@@ -56,14 +56,22 @@ def umask_077() -> Iterator[None]:
     os.umask(old)
 
 
-def install(unit_dir: Path, exe: Path | str, **kw: bool) -> tuple[int, str]:
+def install(
+    unit_dir: Path,
+    exe: Path | str,
+    *,
+    socket_activation: bool = False,
+    force: bool = False,
+    config: Path | None = None,
+) -> tuple[int, str]:
     """install_service into unit_dir; (exit code, printed text)."""
     out = io.StringIO()
     code = install_service(
-        socket_activation=kw.get("socket_activation", False),
-        force=kw.get("force", False),
+        socket_activation=socket_activation,
+        force=force,
         unit_dir=unit_dir,
         batchd_path=str(exe),
+        config=None if config is None else str(config),
         out=out,
     )
     return code, out.getvalue()
@@ -391,16 +399,8 @@ def test_install_passes_config_to_exec_start_and_exec_reload(home: Path, exe: Pa
     odd = home / "my conf%1$x" / "batchd.toml"
     odd.parent.mkdir()
     odd.write_text("")
-    out = io.StringIO()
-    code = install_service(
-        socket_activation=False,
-        force=False,
-        unit_dir=home / "units",
-        batchd_path=str(exe),
-        config=str(odd),
-        out=out,
-    )
-    assert code == 0, out.getvalue()
+    code, text = install(home / "units", exe, config=odd)
+    assert code == 0, text
     d = directives((home / "units" / "batchd.service").read_text())
     word = f'"{home}/my conf%%1$$x/batchd.toml"'
     assert d["ExecStart"] == f"{exe} --config {word} run"
@@ -413,16 +413,8 @@ def test_units_with_config_and_socket_pass_verify(tmp_path: Path, home: Path, ex
     config = home / "custom.toml"
     config.write_text(f'socket = "{home}/sock.sock"\n')
     unit_dir = home / ".config" / "systemd" / "user"
-    out = io.StringIO()
-    code = install_service(
-        socket_activation=True,
-        force=False,
-        unit_dir=unit_dir,
-        batchd_path=str(exe),
-        config=str(config),
-        out=out,
-    )
-    assert code == 0, out.getvalue()
+    code, text = install(unit_dir, exe, socket_activation=True, config=config)
+    assert code == 0, text
     assert directives((unit_dir / "batchd.socket").read_text())["ListenStream"] == (
         f"{home}/sock.sock"
     )
@@ -451,32 +443,16 @@ def test_a_socket_systemd_cannot_listen_on_is_refused(
     """A configured socket that cannot be a ListenStream=: exit 1, the reason, nothing written."""
     config = home / "c.toml"
     config.write_text(f'socket = "{socket_value}"\n')
-    out = io.StringIO()
-    code = install_service(
-        socket_activation=True,
-        force=False,
-        unit_dir=home / "units",
-        batchd_path=str(exe),
-        config=str(config),
-        out=out,
-    )
-    assert code == 1 and expect in out.getvalue()
+    code, text = install(home / "units", exe, socket_activation=True, config=config)
+    assert code == 1 and expect in text
     assert not (home / "units").exists()
 
 
 def test_a_missing_config_given_to_install_is_an_error(home: Path, exe: Path) -> None:
     """--config naming no file: exit 1 naming it (the service would fail to start)."""
-    out = io.StringIO()
     missing = home / "missing.toml"
-    code = install_service(
-        socket_activation=False,
-        force=False,
-        unit_dir=home / "units",
-        batchd_path=str(exe),
-        config=str(missing),
-        out=out,
-    )
-    assert code == 1 and str(missing) in out.getvalue()
+    code, text = install(home / "units", exe, config=missing)
+    assert code == 1 and str(missing) in text
 
 
 def test_install_warns_when_batchctl_is_not_beside_batchd(tmp_path: Path, home: Path) -> None:
