@@ -28,20 +28,33 @@ log = logging.getLogger("batchd")
 
 
 async def run(engine: Engine, slot: Slot) -> None:
-    """Run one feature of a batch: hook, start, wait, record, hooks; free the slot."""
+    """Run one feature of a batch: hook, start, wait, record, hooks; free the slot.
+
+    An unexpected error is never fatal to the daemon: it pauses that batch with the
+    error as its reason (and is logged with its traceback).
+    """
     try:
-        hook_error = await _hook(engine, "before_feature", slot, slot.spec.env)
-        if not _still_wanted(engine, slot):
-            return  # stopped, cancelled or paused while the hook ran
-        if hook_error is not None:
-            _begin(engine, slot, RunRef())
-            await _finish(engine, slot, hook_failed("before_feature", hook_error), None)
-            return
-        started = await _start(engine, slot)
-        if started is not None:
-            await _outcome(engine, slot, await started.wait())
+        await _run(engine, slot)
+    except Exception as e:
+        log.exception("%s: internal error while running a feature", slot.batch.batch_id)
+        if not slot.batch.finished:
+            _pause_batch(engine, slot.batch, f"internal_error: {e!r}; please report it")
     finally:
         _release(engine, slot)
+
+
+async def _run(engine: Engine, slot: Slot) -> None:
+    """The body of ``run``: nothing here frees the slot."""
+    hook_error = await _hook(engine, "before_feature", slot, slot.spec.env)
+    if not _still_wanted(engine, slot):
+        return  # stopped, cancelled or paused while the hook ran
+    if hook_error is not None:
+        _begin(engine, slot, RunRef())
+        await _finish(engine, slot, hook_failed("before_feature", hook_error), None)
+        return
+    started = await _start(engine, slot)
+    if started is not None:
+        await _outcome(engine, slot, await started.wait())
 
 
 async def follow(engine: Engine, slot: Slot) -> None:
@@ -97,6 +110,10 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
         return None
     failpoints.hit("after_spawn")
     slot.run = run
+    if batch.finished:  # cancelled (or ended by a skip) while it was being started
+        run.stop(slot.stop_reason or "the batch ended")
+        await run.wait()
+        return None
     _begin(engine, slot, run.ref)
     failpoints.hit("after_attempt_record")
     if slot.stop_reason is not None:
