@@ -259,8 +259,14 @@ class Batch:
         job_id: str | None = None,
         run_id: str | None = None,
     ) -> Attempt:
-        """Record that an attempt of ``index`` has started; a pending retry wait is over."""
-        self._move("begin", now)
+        """Record that an attempt of ``index`` has started; a pending retry wait is over.
+
+        A batch paused meanwhile (by the user, while the runner was being started)
+        stays paused; only the breaker's half-open probe takes a paused batch back.
+        """
+        s = self.state
+        if s.status != "paused" or s.pause_reason == PAUSE_BREAKER:
+            self._move("begin", now)
         self.clear_retry_wait(now)
         attempt = Attempt(
             feature_index=index,

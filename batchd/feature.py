@@ -13,13 +13,16 @@ and one after the outcome (the audit first).
 from __future__ import annotations
 
 import logging
+import os
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchd import failpoints, launch, queue, views
 from batchd.batch import Batch
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint, sanitize
 from batchd.engines import Run, RunRef, SpawnError
+from batchd.model import utc_iso
 
 if TYPE_CHECKING:
     from batchd.engine import Engine, Slot
@@ -28,20 +31,33 @@ log = logging.getLogger("batchd")
 
 
 async def run(engine: Engine, slot: Slot) -> None:
-    """Run one feature of a batch: hook, start, wait, record, hooks; free the slot."""
+    """Run one feature of a batch: hook, start, wait, record, hooks; free the slot.
+
+    An unexpected error is never fatal to the daemon: it pauses that batch with the
+    error as its reason (and is logged with its traceback).
+    """
     try:
-        hook_error = await _hook(engine, "before_feature", slot, slot.spec.env)
-        if not _still_wanted(engine, slot):
-            return  # stopped, cancelled or paused while the hook ran
-        if hook_error is not None:
-            _begin(engine, slot, RunRef())
-            await _finish(engine, slot, hook_failed("before_feature", hook_error), None)
-            return
-        started = await _start(engine, slot)
-        if started is not None:
-            await _outcome(engine, slot, await started.wait())
+        await _run(engine, slot)
+    except Exception as e:
+        log.exception("%s: internal error while running a feature", slot.batch.batch_id)
+        if not slot.batch.finished:
+            _pause_batch(engine, slot.batch, f"internal_error: {e!r}; please report it")
     finally:
         _release(engine, slot)
+
+
+async def _run(engine: Engine, slot: Slot) -> None:
+    """The body of ``run``: nothing here frees the slot."""
+    hook_error = await _hook(engine, "before_feature", slot, slot.spec.env)
+    if not _still_wanted(engine, slot):
+        return  # stopped, cancelled or paused while the hook ran
+    if hook_error is not None:
+        _begin(engine, slot, RunRef())
+        await _finish(engine, slot, hook_failed("before_feature", hook_error), None)
+        return
+    started = await _start(engine, slot)
+    if started is not None:
+        await _outcome(engine, slot, await started.wait())
 
 
 async def follow(engine: Engine, slot: Slot) -> None:
@@ -88,6 +104,7 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
     batch, spec = slot.batch, slot.spec
     try:
         spec.log_path.parent.mkdir(mode=0o700, exist_ok=True)
+        _mark_rerun(spec.log_path, engine.clock.now())
         run = await engine.runner.start(spec)
     except SpawnError as e:
         _trouble(engine, batch, e)
@@ -97,6 +114,10 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
         return None
     failpoints.hit("after_spawn")
     slot.run = run
+    if batch.finished:  # cancelled (or ended by a skip) while it was being started
+        run.stop(slot.stop_reason or "the batch ended")
+        await run.wait()
+        return None
     _begin(engine, slot, run.ref)
     failpoints.hit("after_attempt_record")
     if slot.stop_reason is not None:
@@ -114,6 +135,22 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
     )
     engine.touch()
     return run
+
+
+def _mark_rerun(path: Path, now: float) -> None:
+    """An interrupted attempt runs again into the same log: a line tells the runs apart."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # the first run of this attempt
+    try:
+        if os.fstat(fd).st_size:
+            line = f"\n[batchd: {utc_iso(now)}: the interrupted attempt runs again from here]\n"
+            os.write(fd, line.encode())
+    except OSError:
+        pass  # a full disk: the runner's own output reports it (log_write)
+    finally:
+        os.close(fd)
 
 
 def _trouble(engine: Engine, batch: Batch, e: SpawnError) -> None:

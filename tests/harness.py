@@ -70,7 +70,8 @@ class Daemon:
         self.stderr_path = root / "daemon.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_env = env or {}
-        self.write_config(runner or agent_command(), config)
+        self.runner_argv = runner or agent_command()
+        self.write_config(self.runner_argv, config)
 
     def write_config(self, runner: list[str], extra: str = "") -> None:
         text = f"[runner]\ncommand = {toml_list(runner)}\ncwd = {json.dumps(str(self.workdir))}\n"

@@ -852,3 +852,23 @@ def test_state_round_trips_after_every_kind_of_step() -> None:
         assert msgspec.json.decode(msgspec.json.encode(struct), type=type(struct)) == struct
     again = Batch(b.state, b.retry)
     assert again.settled == b.settled and again.last_attempt == b.last_attempt
+
+
+def test_begin_keeps_a_user_pause_made_while_the_runner_was_starting() -> None:
+    """Regression: a pause that lands while the runner is being started must survive the
+    attempt record; only the breaker's half-open probe takes a paused batch back."""
+    b = make(2)
+    b.pause(T0)
+    b.begin(index=0, now=T0 + 1, pid=1, pid_start_time=2)
+    assert (b.state.status, b.state.pause_reason) == ("paused", PAUSE_USER)
+    assert b.open_attempt() is not None
+
+
+def test_begin_is_refused_for_a_cancelled_batch() -> None:
+    """A batch cancelled while its runner started cannot record an attempt (the engine
+    stops that run instead)."""
+    b = make(2)
+    b.cancel(T0)
+    with _Refused("bad_state"):
+        b.begin(index=0, now=T0 + 1, pid=1, pid_start_time=2)
+    assert b.state.processing_history == []
