@@ -412,13 +412,14 @@ def test_logs_follow_with_lines_starts_from_the_last_ones(make_daemon: MakeDaemo
     """logs -f -n 1 prints the last line so far, then only what is new."""
     d = make_daemon()
     d.start()
-    d.drop("f.txt", ["talk stderr_esc=a\\nb\\nc sleep=3 stdout=end"])
+    d.drop("f.txt", ["talk stderr_esc=a\\nb\\nc sleep=3 claude=ok result=later"])
     [batch] = wait_batches(d, 1)
     log = d.state / "batches" / batch / "logs" / "0.1.log"
     d.wait_for(lambda: log.exists() and "c\n" in log.read_text(), what="the first lines")
     out = d.ctl("logs", "last", "-f", "-n", "1", timeout=60)
     assert out.returncode == 0, out
     assert out.stdout.startswith("c\n") and "a\n" not in out.stdout and "b\n" not in out.stdout
+    assert '"result": "later"' in out.stdout  # written after the first lines: followed
 
 
 def test_watch_reconnects_after_a_restart(make_daemon: MakeDaemon, tmp_path: Path) -> None:
