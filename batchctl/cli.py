@@ -321,9 +321,10 @@ def command_in(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> Parser:
-    """The parser of the table. Given ``argv``, only the command it names gets its
-    arguments (the others only their name and help): a third of the start-up cost."""
+    """The parser of the table. Given ``argv``, only the command it names (if any) gets
+    its arguments, the others only their name and help: a third of the start-up cost."""
     named = command_in(argv) if argv is not None else None
+    everything = argv is None
     # Global options work before and after the command: each subparser has them too, with
     # SUPPRESS defaults so that a value given before the command is not overwritten.
     common = Parser(add_help=False, formatter_class=Formatter)
@@ -338,7 +339,7 @@ def build_parser(argv: Sequence[str] | None = None) -> Parser:
     p.add_argument("--version", action=Version, help="print batchctl's version")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="batchctl")
     for c in TABLE:
-        if named is not None and c.name != named:
+        if not everything and c.name != named:
             sub.add_parser(c.name, help=c.help, add_help=False)
             continue
         sp = sub.add_parser(
