@@ -40,7 +40,7 @@ def _state_writes(n: int) -> list[bytes]:
     from batchd.batch import Batch, Settings, new_batch
     from batchd.classify import Verdict
     from batchd.parse import ParsedBatch
-    from batchd.store import StateEncoder
+    from batchd.stateenc import StateEncoder
 
     batch: Batch = new_batch(
         batch_id="batch-20260101-000000-000001",
