@@ -187,12 +187,11 @@ def running_lines(st: shapes.Status, now: float) -> list[str]:
     out: list[str] = []
     for run in st["running"]:
         where = feature_label(run["feature_index"], run["total_features"])
-        state = f", {run['job_state']}" if run["job_state"] else ""
         elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
         out.append(
             cut(
                 f"running: [{run['seq']}] {run['batch_id']}, attempt {run['attempt']}, "
-                f"{elapsed}{state}",
+                f"{elapsed}, {run_where(run)}",
                 WIDTH,
             )
         )
@@ -280,9 +279,23 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
     ]
     if b["next_attempt_at"] and b["status"] not in FINISHED:
         out.append(f"next attempt at {local_time(b['next_attempt_at'], now)}")
+    run = result["running"]
+    if run is not None:
+        elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
+        out.append(
+            f"running: {feature_label(run['feature_index'], run['total_features'])}, "
+            f"attempt {run['attempt']}, {elapsed}, {run_where(run)}"
+        )
     out.append("")
     out += feature_rows(s, result["feature_states"], now, width)
     return "\n".join(out)
+
+
+def run_where(run: shapes.RunningItem) -> str:
+    """Where a running feature runs: its Slurm job and state, or its local pid."""
+    if run["job_id"]:
+        return f"job {run['job_id']} {run['job_state'] or ''}".rstrip()
+    return f"pid {run['pid']}" if run["pid"] else "its before_feature hook runs"
 
 
 def feature_rows(state: dict[str, Any], states: list[str], now: float, width: int) -> list[str]:

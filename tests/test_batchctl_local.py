@@ -928,7 +928,7 @@ def test_status_output_fits_80_columns_and_says_it_all() -> None:
     assert_fits(text)
     assert "pid 4321987" in text and "asyncio" in text and "up 1d03h" in text
     assert "PAUSED: runner not found" in text and "problem: state_write" in text
-    assert f"running: [1] {GOOD_ID}, attempt 4, 3m07s\n" in text
+    assert f"running: [1] {GOOD_ID}, attempt 4, 3m07s, pid 1\n" in text
     assert "    feature 1000/1000 (index 999): implement the whole" in text
     assert "998/1/1000" in text and "$1234.57" in text and "OPEN" in text and "1d10h" in text
     row = next(line for line in text.splitlines() if GOOD_ID in line and "998/1" in line)
@@ -1024,10 +1024,19 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
             total_features=6, completed=1, failed=1, skipped=1, cost_usd=1.0, workdir="/real/dir"
         ),
         "feature_states": ["completed", "failed", "skipped", "running", "pending", "cancelled"],
+        "running": running_item(
+            feature_index=3,
+            total_features=6,
+            attempt=1,
+            pid=None,
+            job_id="4711",
+            job_state="RUNNING",
+        ),
         "state": state,
         "retry": {"global_retry_count": 1, "circuit_breaker_open": False},
     }
     text = render.format_show(result, NOW, 80)
+    assert "running: feature 4/6 (index 3), attempt 1, 3m07s, job 4711 RUNNING" in text
     assert_fits(text)
     assert "runs in: /real/dir" in text and text.startswith(f"[1] {GOOD_ID}")
     rows = {
