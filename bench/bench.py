@@ -394,13 +394,22 @@ def bench_batchd_main(mode: Mode, root: Path, mark: str, backend: str) -> tuple[
         if not Path(python).exists():
             python = sys.executable
         floor_argv = [python, "-c", "import socket, json"]
-        samples = timed_runs({"status": argv, "floor": floor_argv}, d.env, mode.status_samples)
+        argvs = {
+            "status": argv,
+            "floor": floor_argv,
+            "version": [d.batchctl, "--version"],
+            "completion": [d.batchctl, "completion", "bash"],
+        }
+        samples = timed_runs(argvs, d.env, mode.status_samples)
         out["status_queued_features"] = mode.status_queued
         out["status_samples"] = mode.status_samples
         out["status_p50_ms"] = r(statistics.median(samples["status"]))
         out["status_p99_ms"] = r(pct(samples["status"], 99))
         out["floor_p50_ms"] = r(statistics.median(samples["floor"]))
         out["status_vs_floor"] = r(out["status_p50_ms"] / out["floor_p50_ms"])
+        for what in ("version", "completion"):
+            out[f"{what}_p50_ms"] = r(statistics.median(samples[what]))
+            out[f"{what}_vs_floor"] = r(out[f"{what}_p50_ms"] / out["floor_p50_ms"])
         d.call("cancel", batch_id=it["batch_id"])
         d.call("resume", all=True)
     except BaseException:
@@ -776,6 +785,8 @@ def targets(b: Result, tsp: Result | None) -> dict[str, bool | None]:
         "fsyncs_per_feature>=2": None if fs is None else fs >= 2,
         "save_10000<=3x_save_10": b["save_ratio"] <= 3,
         "status<=1.5x_floor": b["status_vs_floor"] <= 1.5,
+        "version_completion<=1.5x_floor": max(b["version_vs_floor"], b["completion_vs_floor"])
+        <= 1.5,
         "pickup<=100ms": b["pickup_p50_ms"] <= 100,
         "idle_rss<=40MB": b["idle_rss_mb"] <= 40,
         "idle_cpu_near_0": b["idle_cpu_pct"] <= 0.5,
@@ -838,6 +849,15 @@ def table(res: Result) -> str:
         ),
         ("status p99 ms", b["status_p99_ms"], tsp.get("status_p99_ms"), None, "", ""),
         ("floor: python -c 'import socket, json'", b["floor_p50_ms"], None, None, "", ""),
+        (
+            "batchctl --version / completion bash p50 ms",
+            f"{f(b['version_p50_ms'])}/{f(b['completion_p50_ms'])}",
+            None,
+            None,
+            "<= 1.5x floor",
+            f"{verdict(t['version_completion<=1.5x_floor'])} "
+            f"{b['version_vs_floor']}x/{b['completion_vs_floor']}x",
+        ),
         (
             "pickup p50 ms (submit returns->start)",
             b["pickup_p50_ms"],
