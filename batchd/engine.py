@@ -232,10 +232,19 @@ class Engine:
                     tg.start_soon(feature.run, self, self._take_slot(self.batches[batch_id]))
                 self.notify_status()
                 await self.clock.sleep_until(plan.wake_at, wake)
-            for slot in self.running.values():
-                slot.stop("daemon stopping")
-            self.hooks.stop_all()
+            self._stop_runs(tg)
         self._tg = None
+
+    def _stop_runs(self, tg: anyio.abc.TaskGroup) -> None:
+        """At a daemon stop: local runs are stopped (and recorded interrupted); runs that
+        outlive the daemon (Slurm jobs) are left running, and only the waiting stops: the
+        next start re-attaches to them."""
+        self.hooks.stop_all()
+        if self.runner.keeps_runs:
+            tg.cancel_scope.cancel()
+            return
+        for slot in self.running.values():
+            slot.stop("daemon stopping")
 
     def _plan(self) -> schedule.Plan:
         now = self.clock.now()
@@ -257,11 +266,8 @@ class Engine:
         await self.clock.sleep_until(self.clock.now() + WRITE_RETRY_S, self._stopped)
 
     def stop(self) -> None:
-        """SIGTERM/SIGINT: start nothing more; interrupt every running feature and hook."""
+        """SIGTERM/SIGINT: start nothing more; the loop then ends what runs (``_stop_runs``)."""
         self.stopping = True
-        for slot in self.running.values():
-            slot.stop("daemon stopping")
-        self.hooks.stop_all()
         self._stopped.set()
         self._wake.set()
 

@@ -247,3 +247,30 @@ def test_status_show_and_watch_carry_the_job(slurm: Callable[..., Daemon], tmp_p
         event = json.loads(s.makefile().readline())["event"]
     [running] = event["status"]["running"]
     assert running["job_id"] == item["job_id"] and running["job_state"] == "RUNNING"
+
+
+def test_a_daemon_stop_leaves_the_job_running(
+    slurm: Callable[..., Daemon], slurm_cluster: Cluster
+) -> None:
+    """SIGTERM (systemctl stop, a reboot of the daemon's machine) does not cancel the job:
+    the daemon exits 0 with the attempt still open, and the next start waits for the same
+    job; the feature runs once."""
+    d = slurm()
+    d.start()
+    d.drop("s.txt", ["kept sleep=5"])
+    [item] = d.wait_for(
+        lambda: [x for x in d.status()["running"] if x["job_state"] == "RUNNING"],
+        what="running job",
+    )
+    assert d.stop() == 0
+    assert jobs(slurm_cluster).get(item["job_id"]) == "RUNNING"
+    [state] = d.batch_states()
+    assert [(h["outcome"], h["job_id"]) for h in state["processing_history"]] == [
+        (None, item["job_id"])
+    ]
+    d.start()
+    [state] = d.wait_finished(1, timeout=60)
+    assert [(h["outcome"], h["job_id"]) for h in state["processing_history"]] == [
+        ("completed", item["job_id"])
+    ]
+    assert len(starts(d)) == 1

@@ -89,6 +89,9 @@ class RunnerEngine(Protocol):
     """Starts attempts, and finds them again after a restart."""
 
     name: str
+    # Runs outlive the daemon (Slurm jobs): a daemon stop leaves them running and the next
+    # start re-attaches. False (local): a daemon stop stops them, recorded interrupted.
+    keeps_runs: bool
 
     async def start(self, spec: LaunchSpec) -> Run:
         """Start the attempt; ``SpawnError`` when it cannot be started."""

@@ -21,6 +21,7 @@ from batchd.engines.process import Launch, kill_group, spawn
 
 class LocalEngine:
     name = "local"
+    keeps_runs = False
 
     async def start(self, spec: LaunchSpec) -> Run:
         return spawn(

@@ -277,6 +277,7 @@ class SlurmEngine:
     """
 
     name = "slurm"
+    keeps_runs = True  # a daemon stop never cancels jobs: the next start re-attaches
 
     def __init__(
         self,
