@@ -305,7 +305,7 @@ def feature_rows(state: dict[str, Any], states: list[str], now: float, width: in
     by_index: dict[int, list[dict[str, Any]]] = {}
     for a in history:
         by_index.setdefault(a["feature_index"], []).append(a)
-    out = [f"{'#':>4} {'STATUS':<9} {'ATT':>3} {'TIME':>7} {'TOKENS':>6} {'COST':>8}  FEATURE"]
+    out = [f"{'IDX':>4} {'STATUS':<9} {'ATT':>3} {'TIME':>7} {'TOKENS':>6} {'COST':>8}  FEATURE"]
     total_s = 0.0
     for i, feature in enumerate(state["features"]):
         runs = by_index.get(i, [])
