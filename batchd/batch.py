@@ -5,12 +5,17 @@
 methods below. It never touches the disk, a clock or a process: the engine
 passes ``now`` and carries out what the methods return. "What happens when a
 feature fails" is ``Batch.record`` and, under it, ``policy.after_failure``.
+
+Every change of ``status`` goes through ``_move`` and the one table
+``TRANSITIONS``: which events apply to which statuses, and where they lead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -21,6 +26,7 @@ from batchd.model import (
     Attempt,
     AuditEvent,
     BatchState,
+    BatchStatus,
     FailedFeature,
     RetryState,
     parse_iso,
@@ -28,10 +34,31 @@ from batchd.model import (
 )
 from batchd.parse import ParsedBatch
 from batchd.protocol import E_BAD_ARGS, E_BAD_STATE
+from batchd.schedule import Candidate
+
+if TYPE_CHECKING:
+    from batchd.config import Config
 
 PAUSE_USER = "user"
 PAUSE_BREAKER = "breaker"
 PAUSE_COST = "cost_limit"
+
+_OPEN: frozenset[BatchStatus] = frozenset({"pending", "in_progress", "paused"})
+
+# The one table of status changes: event -> (the statuses it applies to, where it leads).
+# A target of None is decided by the batch: ``resume`` goes back to pending, or to
+# in_progress once anything ran; ``finish`` ends completed, or failed when a feature failed;
+# ``requeue`` (retry of failed features) makes a finished batch in_progress again and
+# leaves an open one as it is.
+TRANSITIONS: dict[str, tuple[frozenset[BatchStatus], BatchStatus | None]] = {
+    "begin": (_OPEN, "in_progress"),  # from paused only for the breaker's half-open probe
+    "pause": (_OPEN, "paused"),
+    "resume": (frozenset({"paused"}), None),
+    "finish": (_OPEN, None),
+    "cancel": (_OPEN, "cancelled"),
+    "requeue": (_OPEN | {"completed", "failed"}, None),
+}
+_VERBS = {"pause": "pause", "resume": "resume", "cancel": "cancel", "requeue": "retry"}
 
 
 class BatchError(Exception):
@@ -56,11 +83,32 @@ class Settings:
 class Step:
     """What the engine must carry out after ``Batch.record``."""
 
-    events: tuple[AuditEvent, ...] = ()
-    retry_changed: bool = False
-    retry_delay: float | None = None
-    breaker_opened: bool = False
-    finished: bool = False
+    events: tuple[AuditEvent, ...] = ()  # audit records, durable before the state
+    retry_delay: float | None = None  # a retry was decided: it waits this long
+    breaker_opened: bool = False  # run the on_breaker_open hook
+    finished: bool = False  # run the on_batch_done hook
+    paused: str | None = None  # the batch paused because of this outcome (breaker, cost_limit)
+    reason: str | None = None  # the retry decision's reason code, for a failed attempt
+
+
+def settings_from(cfg: Config) -> Settings:
+    """The parts of the configuration the transitions need."""
+    r, b = cfg.retry, cfg.breaker
+    return Settings(
+        policy=policy.RetryPolicy(
+            max_per_feature=r.max_per_feature,
+            max_global=r.max_global,
+            backoff_initial=float(r.backoff_initial),
+            backoff_multiplier=float(r.backoff_multiplier),
+            backoff_max=float(r.backoff_max),
+            jitter=r.jitter,
+            max_hint_wait=float(r.max_hint_wait),
+            breaker_threshold=b.threshold,
+            breaker_cooldown=float(b.cooldown),
+        ),
+        breaker_pauses=b.on_open == "pause",
+        max_cost_usd=float(cfg.limits.max_cost_usd),
+    )
 
 
 def new_batch(
@@ -133,6 +181,19 @@ class Batch:
             )
         return True
 
+    def candidate(self, now: float, cooldown: float, cwd: str) -> Candidate | None:
+        """What the scheduler needs to know of this batch; None when it has nothing to run."""
+        s = self.state
+        if s.status in FINISHED or s.current_index >= s.total_features:
+            return None
+        if s.status == "paused":
+            opened = self.retry.breaker_opened_at
+            if s.pause_reason != PAUSE_BREAKER or cooldown <= 0 or opened is None:
+                return None  # paused until someone resumes it
+            probe_at = parse_iso(opened) + cooldown
+            return Candidate(self.batch_id, s.seq, cwd, ready_at=probe_at, reserves_cwd=False)
+        return Candidate(self.batch_id, s.seq, cwd, ready_at=self.wait_until(), reserves_cwd=True)
+
     def wait_until(self) -> float | None:
         """When a pending retry may start (epoch seconds), or None."""
         at = self.retry.next_attempt_at
@@ -146,34 +207,77 @@ class Batch:
         number, outcome = last
         return number if outcome in (None, "interrupted") else number + 1
 
-    @property
-    def completed_count(self) -> int:
-        return len(self.state.completed_features)
+    def feature_states(self, running: int | None) -> list[str]:
+        """Per feature: completed, failed, skipped, running, cancelled (never to run) or pending."""
+        s = self.state
+        done = set(s.completed_features)
+        failed = {f.feature_index for f in s.failed_features}
+        skipped = set(s.skipped_features)
+        out = []
+        for i in range(s.total_features):
+            if i in done:
+                out.append("completed")
+            elif i in failed:
+                out.append("failed")
+            elif i in skipped:
+                out.append("skipped")
+            elif i == running:
+                out.append("running")
+            else:
+                out.append("cancelled" if s.status == "cancelled" else "pending")
+        return out
 
-    @property
-    def failed_count(self) -> int:
-        return len(self.state.failed_features)
+    # --- status changes: the table -------------------------------------
+
+    def _move(self, event: str, now: float, reason: str | None = None) -> None:
+        """Change ``status`` as ``TRANSITIONS`` says, or refuse with ``bad_state``."""
+        s = self.state
+        applies_to, target = TRANSITIONS[event]
+        if s.status not in applies_to:
+            verb = _VERBS.get(event, event)
+            raise BatchError(E_BAD_STATE, f"{self.batch_id} is {s.status}; cannot {verb} it")
+        if event == "resume":
+            target = "in_progress" if s.processing_history else "pending"
+        elif event == "finish":
+            target = "failed" if s.failed_features else "completed"
+        elif event == "requeue":
+            target = "in_progress" if s.status in FINISHED else s.status
+        assert target is not None
+        s.status = target
+        s.pause_reason = reason if target == "paused" else None
+        s.updated_at = utc_iso(now)
 
     # --- running ---------------------------------------------------------
 
     def begin(
-        self, *, index: int, now: float, pid: int | None, pid_start_time: int | None
+        self,
+        *,
+        index: int,
+        now: float,
+        pid: int | None,
+        pid_start_time: int | None,
+        job_id: str | None = None,
+        run_id: str | None = None,
     ) -> Attempt:
-        """Record that an attempt of ``index`` has started (pid known, or not yet)."""
+        """Record that an attempt of ``index`` has started; a pending retry wait is over.
+
+        A batch paused meanwhile (by the user, while the runner was being started)
+        stays paused; only the breaker's half-open probe takes a paused batch back.
+        """
         s = self.state
-        stamp = utc_iso(now)
-        if s.status == "paused":  # the breaker's half-open probe
-            s.pause_reason = None
-        s.status = "in_progress"
+        if s.status != "paused" or s.pause_reason == PAUSE_BREAKER:
+            self._move("begin", now)
+        self.clear_retry_wait(now)
         attempt = Attempt(
             feature_index=index,
             attempt=self.attempt_number(index),
-            started_at=stamp,
+            started_at=utc_iso(now),
             pid=pid,
             pid_start_time=pid_start_time,
+            job_id=job_id,
+            run_id=run_id,
         )
-        s.processing_history.append(attempt)
-        s.updated_at = stamp
+        self.state.processing_history.append(attempt)
         self.last_attempt[index] = (attempt.attempt, None)
         return attempt
 
@@ -220,20 +324,31 @@ class Batch:
         if verdict.cost_usd:
             s.cost_usd = round(s.cost_usd + verdict.cost_usd, 6)
         if verdict.outcome == "interrupted" or index in self.settled:
-            return self._cost_check(Step(), settings)
+            step = Step()
+        elif verdict.outcome == "completed":
+            step = self._completed(index, settings, now)
+        else:
+            step = self._failed(index, verdict, consent, hint_s, settings, now, rand)
+        if self.enforce_cost_cap(settings, now):
+            step = dataclasses.replace(step, paused=PAUSE_COST)
+        return step
 
-        if verdict.outcome == "completed":
-            s.completed_features.append(index)
-            self.settled.add(index)
-            new_retry, events = policy.after_success(
-                self.retry, now, settings.policy.breaker_cooldown
-            )
-            changed = new_retry is not self.retry
-            self.retry = new_retry
-            return self._cost_check(
-                Step(events=events, retry_changed=changed, finished=self._advance(now)), settings
-            )
+    def _completed(self, index: int, settings: Settings, now: float) -> Step:
+        self.state.completed_features.append(index)
+        self.settled.add(index)
+        self.retry, events = policy.after_success(self.retry, now, settings.policy.breaker_cooldown)
+        return Step(events=events, finished=self._advance(now))
 
+    def _failed(
+        self,
+        index: int,
+        verdict: Verdict,
+        consent: bool,
+        hint_s: float | None,
+        settings: Settings,
+        now: float,
+        rand: Callable[[], float],
+    ) -> Step:
         message = verdict.message or verdict.outcome
         decision = policy.after_failure(
             self.retry,
@@ -249,7 +364,7 @@ class Batch:
         self.retry = decision.retry_state
         finished = False
         if not decision.retry:
-            s.failed_features.append(
+            self.state.failed_features.append(
                 FailedFeature(
                     feature_index=index,
                     error_message=message,
@@ -259,25 +374,30 @@ class Batch:
             )
             self.settled.add(index)
             finished = self._advance(now)
+        paused = None
         if decision.breaker_opened and settings.breaker_pauses and not finished:
-            s.status = "paused"
-            s.pause_reason = PAUSE_BREAKER
-        step = Step(
+            self._move("pause", now, PAUSE_BREAKER)
+            paused = PAUSE_BREAKER
+        return Step(
             events=decision.events,
-            retry_changed=True,
             retry_delay=decision.delay_s if decision.retry else None,
             breaker_opened=decision.breaker_opened,
             finished=finished,
+            paused=paused,
+            reason=decision.reason,
         )
-        return self._cost_check(step, settings)
 
-    def _cost_check(self, step: Step, settings: Settings) -> Step:
-        s = self.state
+    def over_cost_cap(self, settings: Settings) -> bool:
         cap = settings.max_cost_usd
-        if cap > 0 and s.cost_usd >= cap and not self.finished and s.status != "paused":
-            s.status = "paused"
-            s.pause_reason = PAUSE_COST
-        return step
+        return cap > 0 and self.state.cost_usd >= cap
+
+    def enforce_cost_cap(self, settings: Settings, now: float) -> bool:
+        """Pause the batch (``cost_limit``) when its cost reached the cap; True if it did."""
+        s = self.state
+        if self.over_cost_cap(settings) and not self.finished and s.status != "paused":
+            self._move("pause", now, PAUSE_COST)
+            return True
+        return False
 
     def _advance(self, now: float) -> bool:
         """Move ``current_index`` to the next unsettled feature; finish the batch at the end."""
@@ -288,42 +408,25 @@ class Batch:
         s.current_index = i
         s.updated_at = utc_iso(now)
         if i >= s.total_features:
-            s.status = "failed" if s.failed_features else "completed"
-            s.pause_reason = None
+            self._move("finish", now)
             return True
         return False
 
     # --- commands ------------------------------------------------------------
 
-    def _not_finished(self, verb: str) -> None:
-        if self.finished:
-            raise BatchError(
-                E_BAD_STATE, f"{self.batch_id} is {self.state.status}; cannot {verb} it"
-            )
-
     def pause(self, now: float, reason: str = PAUSE_USER) -> None:
-        self._not_finished("pause")
-        self.state.status = "paused"
-        self.state.pause_reason = reason
-        self.state.updated_at = utc_iso(now)
+        self._move("pause", now, reason)
 
     def resume(self, now: float) -> bool:
         """Lift a pause; False when there was nothing to lift."""
-        self._not_finished("resume")
-        if self.state.status != "paused":
+        if self.state.status in _OPEN and self.state.status != "paused":
             return False
-        started = bool(self.state.processing_history)
-        self.state.status = "in_progress" if started else "pending"
-        self.state.pause_reason = None
-        self.state.updated_at = utc_iso(now)
+        self._move("resume", now)
         return True
 
     def cancel(self, now: float) -> None:
-        self._not_finished("cancel")
-        self.state.status = "cancelled"
-        self.state.pause_reason = None
-        self.retry = msgspec.structs.replace(self.retry, next_attempt_at=None)
-        self.state.updated_at = utc_iso(now)
+        self._move("cancel", now)
+        self.clear_retry_wait(now)
 
     def retry_failed(self, now: float) -> list[int]:
         """Put the failed features back in the queue, with their retry counts reset."""
@@ -333,6 +436,7 @@ class Batch:
         indices = sorted(f.feature_index for f in s.failed_features)
         if not indices:
             raise BatchError(E_BAD_STATE, f"{self.batch_id} has no failed features to retry")
+        self._move("requeue", now)
         s.failed_features = []
         self.settled.difference_update(indices)
         counts = {k: v for k, v in self.retry.retry_counts.items() if int(k) not in indices}
@@ -340,33 +444,33 @@ class Batch:
             self.retry, retry_counts=counts, updated_at=utc_iso(now)
         )
         s.current_index = min(s.current_index, indices[0])
-        if s.status in FINISHED:
-            s.status = "in_progress"
-        s.updated_at = utc_iso(now)
         return indices
 
-    def skip(self, index: int, now: float, running: bool) -> bool:
-        """Never run feature ``index``; True when the batch finished because of it."""
+    def skip(self, index: int, now: float) -> bool:
+        """Never run feature ``index`` (a running one is stopped by the engine and its
+        outcome no longer counts); True when the batch finished because of it."""
         s = self.state
-        self._not_finished("skip a feature of")
+        if s.status not in _OPEN:
+            raise BatchError(
+                E_BAD_STATE, f"{self.batch_id} is {s.status}; cannot skip a feature of it"
+            )
         if not 0 <= index < s.total_features:
             raise BatchError(
-                E_BAD_ARGS, f"{self.batch_id} has features 0..{s.total_features - 1}; no {index}"
+                E_BAD_ARGS,
+                f"{self.batch_id} has {s.total_features} features "
+                f"(index 0 to {s.total_features - 1}); there is no index {index}",
             )
         if index in self.settled:
-            raise BatchError(E_BAD_STATE, f"{self.batch_id}: feature {index} has already ended")
-        if running:
             raise BatchError(
                 E_BAD_STATE,
-                f"{self.batch_id}: feature {index} is running; "
-                "use 'batchctl pause --now' first, or 'batchctl cancel'",
+                f"{self.batch_id}: feature {index + 1} (index {index}) has already ended",
             )
         s.skipped_features.append(index)
         self.settled.add(index)
-        if index == s.current_index:
-            self.retry = msgspec.structs.replace(self.retry, next_attempt_at=None)
-            return self._advance(now)
         s.updated_at = utc_iso(now)
+        if index == s.current_index:
+            self.clear_retry_wait(now)
+            return self._advance(now)
         return False
 
     def reset_breaker(self, now: float) -> AuditEvent:
@@ -376,7 +480,7 @@ class Batch:
         return event
 
     def clear_retry_wait(self, now: float) -> None:
-        """The pending retry's wait is over (it is starting now)."""
+        """The pending retry's wait is over (it is starting now, or will never start)."""
         if self.retry.next_attempt_at is not None:
             self.retry = msgspec.structs.replace(
                 self.retry, next_attempt_at=None, updated_at=utc_iso(now)

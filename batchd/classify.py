@@ -57,11 +57,6 @@ _SECRET_RES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def strip_escapes(text: str) -> str:
-    """Remove terminal escape sequences (but not other control characters)."""
-    return _ANSI_RE.sub("", text)
-
-
 def redact(text: str) -> str:
     for pattern, replacement in _SECRET_RES:
         text = pattern.sub(replacement, text)
@@ -225,6 +220,18 @@ SEED_PERMANENT = (
 
 OutputFormat = Literal["auto", "text", "claude-json"]
 
+# SPEC section 12: the end states of a cluster job that decide the outcome whatever the
+# exit status says. A CANCELLED that batchd asked for never gets here: that run is
+# ``interrupted`` or ``timed_out`` already.
+CLUSTER_END_STATES: dict[str, tuple[Outcome, FailureType, str]] = {
+    "TIMEOUT": ("timed_out", "transient", "the cluster's time limit ended the job (TIMEOUT)"),
+    "NODE_FAIL": ("failed", "transient", "the job's node failed (NODE_FAIL)"),
+    "PREEMPTED": ("failed", "transient", "the job was preempted (PREEMPTED)"),
+    "BOOT_FAIL": ("failed", "transient", "the job's node failed to boot (BOOT_FAIL)"),
+    "CANCELLED": ("failed", "transient", "the job was cancelled outside batchd (CANCELLED)"),
+    "OUT_OF_MEMORY": ("failed", "permanent", "the job ran out of memory (OUT_OF_MEMORY)"),
+}
+
 
 @dataclass(frozen=True)
 class RawResult:
@@ -238,6 +245,7 @@ class RawResult:
     stderr_tail: bytes = b""
     output_bytes: int = 0
     log_error: str | None = None  # the attempt log is incomplete, and why
+    cluster_state: str | None = None  # a cluster job's end state (Slurm: COMPLETED, TIMEOUT, ...)
 
 
 @dataclass(frozen=True)
@@ -301,6 +309,9 @@ class Classifier:
             return Verdict("interrupted", None, "stopped by batchd", tokens, cost, lowered)
         if raw.timed_out:
             return fail("transient", "timed out", "timed_out")
+        if raw.cluster_state in CLUSTER_END_STATES:
+            outcome, ftype, why = CLUSTER_END_STATES[raw.cluster_state]
+            return fail(ftype, why, outcome)
         if raw.signal is not None:
             return fail("transient", f"killed by signal {raw.signal}")
         code = raw.exit_code
@@ -322,6 +333,11 @@ class Classifier:
         if code in self.transient_exit_codes:
             return fail("transient", why)
         return fail(self.failure_type(lowered) or "permanent", why)
+
+
+def hook_failed(name: str, why: str) -> Verdict:
+    """A ``before_feature`` hook that failed fails the attempt as transient (SPEC 5)."""
+    return Verdict("failed", "transient", sanitize(f"hook {name} failed: {why}"))
 
 
 # --- retry hints -------------------------------------------------------------

@@ -31,7 +31,12 @@ class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class QueueConfig(Base):
+    slots: PosInt = 1  # features that may run at once; never two in one cwd (SPEC 11)
+
+
 class RunnerConfig(Base):
+    engine: Literal["local", "slurm"] = "local"
     command: Annotated[Argv, msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: list(DEFAULT_RUNNER)
     )
@@ -77,6 +82,11 @@ class LimitsConfig(Base):
     max_cost_usd: Seconds = 0
 
 
+class SlurmConfig(Base):
+    sbatch_args: Argv = msgspec.field(default_factory=list)
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 5
+
+
 class HooksConfig(Base):
     on_batch_done: Argv = msgspec.field(default_factory=list)
     on_breaker_open: Argv = msgspec.field(default_factory=list)
@@ -94,12 +104,14 @@ class FileConfig(Base):
     spool_dir: str | None = None
     state_dir: str | None = None
     socket: str | None = None
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     runner: RunnerConfig = msgspec.field(default_factory=RunnerConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    slurm: SlurmConfig = msgspec.field(default_factory=SlurmConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
 
 
@@ -108,6 +120,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
 
     paths: Paths
     file: FileConfig
+
+    @property
+    def queue(self) -> QueueConfig:
+        return self.file.queue
 
     @property
     def runner(self) -> RunnerConfig:
@@ -132,6 +148,10 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def limits(self) -> LimitsConfig:
         return self.file.limits
+
+    @property
+    def slurm(self) -> SlurmConfig:
+        return self.file.slurm
 
     @property
     def hooks(self) -> HooksConfig:

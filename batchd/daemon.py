@@ -1,9 +1,10 @@
-"""Wiring: lock, recovery, socket, spool watcher, signals, sd_notify, the engine loop.
+"""Wiring: locks, recovery, socket, spool watcher, signals, sd_notify, the engine loop.
 
 Start-up order matters and is the contract of ``READY=1``: signals are handled
-first (a SIGTERM during recovery stops cleanly), then state is loaded, orphaned
-runners of a daemon killed outright are stopped, the socket is served, and only
-then is the service ready and the first feature started.
+first (a SIGTERM during recovery stops cleanly), then state is loaded, runs
+left by a daemon killed outright are found again (re-attached or stopped),
+the socket is served, and only then is the service ready and the first
+feature started.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +21,14 @@ import anyio
 import anyio.abc
 import msgspec
 
-from batchd import __version__, runner, systemd
+from batchd import __version__, intake, queue, recovery, systemd
 from batchd.config import Config
-from batchd.engine import PAUSE_RUNNER, Engine, limits_from
+from batchd.engine import Engine
+from batchd.engines import RunnerEngine
+from batchd.engines.local import LocalEngine
+from batchd.engines.process import become_subreaper
+from batchd.engines.slurm import SlurmEngine
+from batchd.parse import Limits
 from batchd.paths import ConfigError
 from batchd.server import SocketInUse, bind_socket, serve
 from batchd.spool import Spool, SpoolError, SpoolLock
@@ -30,6 +37,23 @@ from batchd.store import Store, StoreError
 log = logging.getLogger("batchd")
 
 Reload = Callable[[], Config]
+
+
+def limits_from(cfg: Config) -> Limits:
+    s = cfg.spool
+    return Limits(
+        max_file_bytes=s.max_file_bytes,
+        max_features=s.max_features,
+        max_line_chars=s.max_line_chars,
+    )
+
+
+def make_runner(cfg: Config, env: dict[str, str]) -> RunnerEngine:
+    """The runner engine that ``runner.engine`` names."""
+    if cfg.runner.engine == "slurm":
+        s = cfg.slurm
+        return SlurmEngine(cfg.paths.state_dir, s.sbatch_args, float(s.poll_interval), env)
+    return LocalEngine()
 
 
 def run(cfg: Config, backend: str, reload: Reload) -> int:
@@ -42,7 +66,7 @@ def run(cfg: Config, backend: str, reload: Reload) -> int:
         log.error("%s", e)
         store.close()
         return 1
-    runner.become_subreaper()
+    become_subreaper()
     try:
         return anyio.run(_main, cfg, store, backend, reload, backend=backend)
     finally:
@@ -54,51 +78,40 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
     engine = Engine(
         cfg,
         store,
+        make_runner(cfg, dict(os.environ)),
         backend=backend,
         env=os.environ,
         notify=lambda line: systemd.notify(f"STATUS={line}"),
     )
-    spool = Spool(cfg.paths.spool_dir, limits_from(cfg), cfg.spool.settle_ms, engine.ingest)
+    spool = Spool(
+        cfg.paths.spool_dir,
+        limits_from(cfg),
+        cfg.spool.settle_ms,
+        lambda acc: intake.ingest(engine, acc),
+    )
     engine.poke_spool = spool.poke  # type: ignore[method-assign]
+    engine.reload = lambda: _reload(engine, spool, reload)
     stop = anyio.Event()
     own_socket: Path | None = None
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(_signals, engine, spool, reload)
-            engine.load()
-            await engine.recover()
-            inherited = systemd.listen_sockets()
-            if inherited:
-                sock = inherited[0]
-                log.info("control socket inherited from systemd (fd %d)", sock.fileno())
-            else:
-                try:
-                    sock = bind_socket(cfg.paths.socket)
-                except (SocketInUse, StoreError, OSError) as e:
-                    log.error("cannot serve the control socket: %s", e)
-                    tg.cancel_scope.cancel()
-                    return 1
-                own_socket = cfg.paths.socket
+            await tg.start(_signals, engine)
+            recovery.load(engine)
+            adopted = await recovery.recover(engine)
+            sock, own_socket = _socket(cfg)
+            if sock is None:
+                tg.cancel_scope.cancel()
+                return 1
             listener = await anyio.abc.SocketListener.from_socket(sock)
             tg.start_soon(serve, listener, engine)
             tg.start_soon(spool.run, stop)
             interval = systemd.watchdog_interval_s()
             if interval:
                 tg.start_soon(_watchdog, interval)
-            systemd.notify(
-                "READY=1", f"STATUS=ready; {len(engine.batches)} batches", f"MAINPID={os.getpid()}"
-            )
-            log.info(
-                "batchd %s ready (pid %d, %s): spool %s, state %s, socket %s",
-                __version__,
-                os.getpid(),
-                backend,
-                cfg.paths.spool_dir,
-                cfg.paths.state_dir,
-                cfg.paths.socket,
-            )
-            await engine.run()
+            _ready(engine, backend)
+            await engine.run(adopted)
             systemd.notify("STOPPING=1", "STATUS=stopping")
+            await engine.runner.aclose()
             stop.set()
             tg.cancel_scope.cancel()
     finally:
@@ -109,10 +122,40 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
     return 0
 
 
+def _socket(cfg: Config) -> tuple[socket.socket | None, Path | None]:
+    """The control socket: inherited from systemd, else bound here (and then ours to unlink)."""
+    inherited = systemd.listen_sockets()
+    if inherited:
+        log.info("control socket inherited from systemd (fd %d)", inherited[0].fileno())
+        return inherited[0], None
+    try:
+        return bind_socket(cfg.paths.socket), cfg.paths.socket
+    except (SocketInUse, StoreError, OSError) as e:
+        log.error("cannot serve the control socket: %s", e)
+        return None, None
+
+
+def _ready(engine: Engine, backend: str) -> None:
+    cfg = engine.cfg
+    systemd.notify(
+        "READY=1", f"STATUS=ready; {len(engine.batches)} batches", f"MAINPID={os.getpid()}"
+    )
+    log.info(
+        "batchd %s ready (pid %d, %s, %s engine, %d slot%s): spool %s, state %s, socket %s",
+        __version__,
+        os.getpid(),
+        backend,
+        engine.runner.name,
+        engine.slots,
+        "" if engine.slots == 1 else "s",
+        cfg.paths.spool_dir,
+        cfg.paths.state_dir,
+        cfg.paths.socket,
+    )
+
+
 async def _signals(
     engine: Engine,
-    spool: Spool,
-    reload: Reload,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -120,7 +163,7 @@ async def _signals(
         task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                _reload(engine, spool, reload)
+                engine.reload()
                 continue
             if not engine.stopping:
                 log.info("received %s: stopping", signal.Signals(signum).name)
@@ -128,8 +171,9 @@ async def _signals(
             engine.stop()
 
 
-def _reload(engine: Engine, spool: Spool, reload: Reload) -> None:
-    """SIGHUP: apply a new configuration, or keep the old one and say why (log, status)."""
+def _reload(engine: Engine, spool: Spool, reload: Reload) -> str | None:
+    """SIGHUP or ``batchctl reload``: apply a new configuration, or keep the old one and say
+    why (log at error level, ``problems`` until a good reload); None when applied."""
     systemd.notify_reloading()
     old = engine.cfg
     try:
@@ -144,22 +188,26 @@ def _reload(engine: Engine, spool: Spool, reload: Reload) -> None:
         log.error("%s", message)
         engine.set_problem("config", message)
         systemd.notify("READY=1", "STATUS=reload failed; previous configuration kept")
-        return
+        return message
     engine.set_problem("config", None)
     if new.paths != old.paths:
-        log.warning(
-            "reload: path changes (spool, state, socket) need a restart; kept the old paths"
-        )
+        log.warning("reload: path changes (spool, state, socket) need a restart; kept the old")
         new = msgspec.structs.replace(new, paths=old.paths)
+    if new.runner.engine != old.runner.engine:
+        log.warning("reload: runner.engine changes need a restart; kept %r", old.runner.engine)
+        runner = msgspec.structs.replace(new.runner, engine=old.runner.engine)
+        new = msgspec.structs.replace(new, file=msgspec.structs.replace(new.file, runner=runner))
+    if isinstance(engine.runner, SlurmEngine):
+        engine.runner.sbatch_args = list(new.slurm.sbatch_args)
+        engine.runner.poll_interval = float(new.slurm.poll_interval)
     engine.apply_config(new)
     spool.reconfigure(limits_from(new), new.spool.settle_ms)
-    if engine.daemon.queue_paused and (engine.daemon.pause_reason or "").startswith(PAUSE_RUNNER):
-        engine.daemon.queue_paused = False
-        engine.daemon.pause_reason = None
-        engine.persist_daemon()
-    log.info("reload: configuration from %s applied", new.paths.config)
+    if queue.lift_trouble_pause(engine.daemon, engine.clock.now()):
+        engine.save_queue()
+    log.info("reload: configuration from %s applied (%d slots)", new.paths.config, engine.slots)
     engine.touch()
     systemd.notify("READY=1", "STATUS=configuration reloaded")
+    return None
 
 
 async def _watchdog(interval: float) -> None:

@@ -58,6 +58,8 @@ class Attempt(msgspec.Struct, kw_only=True):
     cost_usd: float | None = None
     pid: int | None = None
     pid_start_time: int | None = None
+    job_id: str | None = None  # the Slurm job (runner.engine = "slurm"), else null
+    run_id: str | None = None  # its BATCHD_RUN_ID, to find the run again after a restart
 
 
 class BatchState(msgspec.Struct, kw_only=True):

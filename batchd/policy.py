@@ -246,3 +246,12 @@ def consent_from_dotenv(text: str) -> bool | None:
             if parsed is not None:
                 found = parsed
     return found
+
+
+def consent(env_value: str | None, dotenv: bool | None, saved: bool | None) -> bool:
+    """Is automatic retry on? ``BATCH_RETRY_ENABLED`` in the daemon's environment wins, then
+    the same key in the ``.env`` of the batch's cwd, then ``user_state.json``; else off."""
+    for value in (parse_consent(env_value), dotenv, saved):
+        if value is not None:
+            return value
+    return False

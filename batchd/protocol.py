@@ -38,6 +38,7 @@ COMMANDS = (
     "logs",
     "consent",
     "prune",
+    "reload",
 )
 
 # Error codes a reply may carry.

@@ -1,16 +1,16 @@
-"""The control socket (SPEC section 7): framing, peer check, one handler per command.
+"""The control socket (SPEC section 7): framing, peer check, the command table.
 
 Owns the bytes on the wire: line framing with the 1 MiB cap, the stall timeout,
-SO_PEERCRED, msgspec validation of requests and their arguments, and writing
-replies and event lines. Handlers below take the engine and validated args and
-return a result (or yield events); they never touch a socket. Nothing a client
-sends may affect the daemon or the queue: every failure ends in an error reply
-or a closed connection, and a slow reader is dropped rather than waited for.
+SO_PEERCRED, validation of requests and their arguments (against the shapes of
+``shapes``), and writing replies and event lines. The commands themselves are
+``commands``: they take the engine and validated args and return a reply (or
+yield events); they never touch a socket. Nothing a client sends may affect
+the daemon or the queue: every failure ends in an error reply or a closed
+connection, and a slow reader is dropped rather than waited for.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import logging
@@ -21,12 +21,13 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import anyio.abc
 import msgspec
 
+from batchd import commands, shapes
 from batchd.batch import BatchError
 from batchd.engine import Engine
 from batchd.protocol import (
@@ -40,18 +41,14 @@ from batchd.protocol import (
     MAX_LINE_BYTES,
     STALL_TIMEOUT_S,
     VERSION,
-    is_batch_id,
 )
 from batchd.store import ensure_dir
 
 log = logging.getLogger("batchd.server")
 
 IDLE_TIMEOUT_S = 300.0
-WATCH_INTERVAL_S = 0.1
-FOLLOW_POLL_S = 0.25
-LOG_TEXT_MAX = 512 * 1024
 
-# --- messages --------------------------------------------------------------------
+# --- requests and the command table --------------------------------------------------
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -61,49 +58,38 @@ class Request(msgspec.Struct, kw_only=True):
     args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Args(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class NoArgs(Args):
-    pass
-
-
-class BatchArgs(Args):
-    batch_id: str
-
-
-class PauseArgs(Args):
-    batch_id: str | None = None
-    now: bool = False
-
-
-class ResumeArgs(Args):
-    batch_id: str | None = None
-    all: bool = False
-
-
-class SkipArgs(Args):
-    batch_id: str
-    index: Annotated[int, msgspec.Meta(ge=0)]
-
-
-class LogsArgs(Args):
-    batch_id: str
-    index: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    follow: bool = False
-
-
-class ConsentArgs(Args):
-    enabled: bool
-
-
-class PruneArgs(Args):
-    older_than_days: Annotated[int, msgspec.Meta(ge=0)] = 30
-
-
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
+
+Handler = Callable[[Engine, Any], Awaitable[Any]]
+Stream = Callable[[Engine, Any, dict[str, Any]], AsyncIterator[Any]]
+
+
+@dataclass(frozen=True)
+class Command:
+    args: type  # a TypedDict of batchd.shapes
+    handler: Handler | None = None
+    stream: Stream | None = None
+
+
+COMMAND_TABLE: dict[str, Command] = {
+    "ping": Command(shapes.NoArgs, commands.ping),
+    "status": Command(shapes.NoArgs, commands.status),
+    "list": Command(shapes.NoArgs, commands.list_),
+    "watch": Command(shapes.NoArgs, stream=commands.watch),
+    "show": Command(shapes.BatchArgs, commands.show),
+    "cancel": Command(shapes.BatchArgs, commands.cancel),
+    "retry": Command(shapes.BatchArgs, commands.retry),
+    "reset-breaker": Command(shapes.BatchArgs, commands.reset_breaker),
+    "pause": Command(shapes.PauseArgs, commands.pause),
+    "resume": Command(shapes.ResumeArgs, commands.resume),
+    "skip": Command(shapes.SkipArgs, commands.skip),
+    "logs": Command(shapes.LogsArgs, commands.logs, stream=commands.follow_logs),
+    "consent": Command(shapes.ConsentArgs, commands.consent),
+    "prune": Command(shapes.PruneArgs, commands.prune),
+    "reload": Command(shapes.NoArgs, commands.reload),
+}
+assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"
 
 
 class ProtocolError(Exception):
@@ -113,185 +99,19 @@ class ProtocolError(Exception):
         self.message = message
 
 
-def _check_id(batch_id: str | None) -> None:
-    if batch_id is not None and not is_batch_id(batch_id):
-        raise BatchError(
-            "unknown_batch",
-            f"{batch_id!r} is not a batch id (batch-YYYYMMDD-HHMMSS-ffffff); 'batchctl list'",
+def convert_args(cmd: str, args: dict[str, Any], kind: type) -> Any:
+    """Validate ``args`` against the command's TypedDict; unknown keys are errors too."""
+    known = kind.__required_keys__ | kind.__optional_keys__  # type: ignore[attr-defined]
+    unknown = sorted(set(args) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise ProtocolError(
+            E_BAD_ARGS, f"{cmd}: unknown argument {unknown[0]!r} (allowed: {allowed})"
         )
-
-
-# --- handlers: engine + args -> result; no socket IO -----------------------------------
-
-Result = dict[str, Any]
-Events = AsyncIterator[dict[str, Any]]
-
-
-async def h_ping(engine: Engine, _: NoArgs) -> Result:
-    from batchd import __version__
-
-    engine.poke_spool()  # 'batchctl submit' pings after writing: pick the request up now
-    return {"pong": True, "pid": os.getpid(), "version": __version__}
-
-
-async def h_status(engine: Engine, _: NoArgs) -> Result:
-    return engine.status()
-
-
-async def h_list(engine: Engine, _: NoArgs) -> Result:
-    return engine.list_batches()
-
-
-async def h_show(engine: Engine, a: BatchArgs) -> Result:
-    _check_id(a.batch_id)
-    return engine.show(a.batch_id)
-
-
-async def h_cancel(engine: Engine, a: BatchArgs) -> Result:
-    _check_id(a.batch_id)
-    return await engine.cancel(a.batch_id)
-
-
-async def h_retry(engine: Engine, a: BatchArgs) -> Result:
-    _check_id(a.batch_id)
-    return engine.retry(a.batch_id)
-
-
-async def h_reset_breaker(engine: Engine, a: BatchArgs) -> Result:
-    _check_id(a.batch_id)
-    return engine.reset_breaker(a.batch_id)
-
-
-async def h_pause(engine: Engine, a: PauseArgs) -> Result:
-    _check_id(a.batch_id)
-    return await engine.pause(a.batch_id, a.now)
-
-
-async def h_resume(engine: Engine, a: ResumeArgs) -> Result:
-    if a.batch_id is None and not a.all:
-        raise BatchError(E_BAD_ARGS, "resume needs a batch_id or all=true")
-    _check_id(a.batch_id)
-    return engine.resume(a.batch_id, a.all)
-
-
-async def h_skip(engine: Engine, a: SkipArgs) -> Result:
-    _check_id(a.batch_id)
-    return await engine.skip(a.batch_id, a.index)
-
-
-async def h_consent(engine: Engine, a: ConsentArgs) -> Result:
-    return engine.set_consent(a.enabled)
-
-
-async def h_prune(engine: Engine, a: PruneArgs) -> Result:
-    return engine.prune(a.older_than_days)
-
-
-def _read_tail(path: Path, limit: int) -> tuple[str, bool, int]:
-    """The last ``limit`` bytes of a log (text, truncated?, size)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return "", False, 0
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - limit)
-        data = os.pread(fd, size - start, start)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace"), start > 0, size
-
-
-async def h_logs(engine: Engine, a: LogsArgs) -> Result:
-    _check_id(a.batch_id)
-    index, attempt, path = engine.log_target(a.batch_id, a.index)
-    text, truncated, _ = _read_tail(path, LOG_TEXT_MAX)
-    return {
-        "batch_id": a.batch_id,
-        "index": index,
-        "attempt": attempt,
-        "path": str(path),
-        "text": text,
-        "truncated": truncated,
-    }
-
-
-async def s_watch(engine: Engine, _: NoArgs, final: dict[str, Any]) -> Events:
-    seen = -1
-    while True:
-        changed = engine.changed
-        if engine.version == seen:
-            await changed.wait()
-        seen = engine.version
-        yield {"type": "status", "status": engine.status()}
-        await anyio.sleep(WATCH_INTERVAL_S)
-
-
-async def s_logs(engine: Engine, a: LogsArgs, final: dict[str, Any]) -> Events:
-    _check_id(a.batch_id)
-    index, attempt, path = engine.log_target(a.batch_id, a.index)
-    batch = engine.get(a.batch_id)
-    pos = 0
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    while True:
-        chunk = _read_from(path, pos)
-        if chunk:
-            pos += len(chunk)
-            yield {"type": "log", "index": index, "attempt": attempt, "text": decoder.decode(chunk)}
-            continue
-        latest = batch.last_attempt.get(index)
-        if latest is not None and latest[0] != attempt:
-            attempt = latest[0]
-            path = engine.store.log_path(a.batch_id, index, attempt)
-            pos = 0
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            yield {"type": "attempt", "index": index, "attempt": attempt}
-            continue
-        running = engine.current is not None and engine.current.batch is batch
-        if (index in batch.settled or batch.finished) and not (
-            running and engine.current is not None and engine.current.index == index
-        ):
-            final.update({"batch_id": a.batch_id, "index": index, "ended": True})
-            return
-        with anyio.move_on_after(FOLLOW_POLL_S):
-            await engine.changed.wait()
-
-
-def _read_from(path: Path, pos: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b""
-    try:
-        return os.pread(fd, 256 * 1024, pos)
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class Command:
-    args: type[Args]
-    handler: Callable[[Engine, Any], Awaitable[Result]] | None = None
-    stream: Callable[[Engine, Any, dict[str, Any]], Events] | None = None
-
-
-COMMAND_TABLE: dict[str, Command] = {
-    "ping": Command(NoArgs, h_ping),
-    "status": Command(NoArgs, h_status),
-    "list": Command(NoArgs, h_list),
-    "watch": Command(NoArgs, stream=s_watch),
-    "show": Command(BatchArgs, h_show),
-    "cancel": Command(BatchArgs, h_cancel),
-    "retry": Command(BatchArgs, h_retry),
-    "reset-breaker": Command(BatchArgs, h_reset_breaker),
-    "pause": Command(PauseArgs, h_pause),
-    "resume": Command(ResumeArgs, h_resume),
-    "skip": Command(SkipArgs, h_skip),
-    "logs": Command(LogsArgs, h_logs, stream=s_logs),
-    "consent": Command(ConsentArgs, h_consent),
-    "prune": Command(PruneArgs, h_prune),
-}
-assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"
+        return msgspec.convert(args, kind)
+    except msgspec.ValidationError as e:
+        raise ProtocolError(E_BAD_ARGS, f"{cmd}: {e}") from None
 
 
 # --- the wire -------------------------------------------------------------------------
@@ -376,11 +196,11 @@ class Connection:
             await self.send(error_line(req.id, E_UNKNOWN_COMMAND, msg))
             return True
         try:
-            args = msgspec.convert(req.args, command.args)
-        except msgspec.ValidationError as e:
-            await self.send(error_line(req.id, E_BAD_ARGS, f"{req.cmd}: {e}"))
+            args = convert_args(req.cmd, req.args, command.args)
+        except ProtocolError as e:
+            await self.send(error_line(req.id, e.code, e.message))
             return True
-        follow = getattr(args, "follow", True)
+        follow = args.get("follow", False)
         if command.stream is not None and (command.handler is None or follow):
             final: dict[str, Any] = {}
             await self.stream_events(req.id, command.stream(self.engine, args, final), final)
@@ -398,7 +218,9 @@ class Connection:
         await self.send(_line({"v": VERSION, "id": req.id, "ok": True, "result": result}))
         return True
 
-    async def stream_events(self, req_id: object, events: Events, final: dict[str, Any]) -> None:
+    async def stream_events(
+        self, req_id: object, events: AsyncIterator[Any], final: dict[str, Any]
+    ) -> None:
         """Send event lines until the source ends or the client goes away."""
         async with anyio.create_task_group() as tg:
 

@@ -382,8 +382,9 @@ class Store:
     def save_state(self, state: BatchState) -> None:
         write_durable(self.batch_dir(state.batch_id), STATE, self._encoder.encode(state))
 
-    def save_retry(self, retry: RetryState) -> None:
-        write_durable(self.batch_dir(retry.batch_id), RETRY, encode(retry))
+    def save_retry(self, retry: RetryState, data: bytes | None = None) -> None:
+        """Write ``retry_state.json`` (``data``: its encoding, when the caller has it)."""
+        write_durable(self.batch_dir(retry.batch_id), RETRY, data or encode(retry))
 
     def append_audit(self, batch_id: str, events: Iterable[AuditEvent]) -> None:
         """Append one JSON line per event, flushed to disk (0600)."""

@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 TESTS = Path(__file__).resolve().parent
 FAKE_AGENT = TESTS / "bin" / "fake-agent"
 REPO = TESTS.parent
+
+T = TypeVar("T")
 
 
 def agent_command(*extra: str) -> list[str]:
@@ -39,6 +41,18 @@ def alive(pid: int) -> bool:
 
 def toml_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def poll(pred: Callable[[], T | None], timeout: float, what: str, why: Callable[[], str]) -> T:
+    """The first truthy ``pred()``, checked every 20 ms; AssertionError with ``why()`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{why()}")
+        time.sleep(0.02)
 
 
 class Daemon:
@@ -66,7 +80,8 @@ class Daemon:
         self.stderr_path = root / "daemon.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_env = env or {}
-        self.write_config(runner or agent_command(), config)
+        self.runner_argv = runner or agent_command()
+        self.write_config(self.runner_argv, config)
 
     def write_config(self, runner: list[str], extra: str = "") -> None:
         text = f"[runner]\ncommand = {toml_list(runner)}\ncwd = {json.dumps(str(self.workdir))}\n"
@@ -231,16 +246,7 @@ class Daemon:
     def wait_for(
         self, pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
     ) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = pred()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {what}\n--- daemon stderr:\n{self.stderr()}"
-                )
-            time.sleep(0.02)
+        return poll(pred, timeout, what, lambda: f"--- daemon stderr:\n{self.stderr()}")
 
     def batch_states(self) -> list[dict[str, Any]]:
         """Every batch's state.json as stored on disk, by seq."""

@@ -194,7 +194,7 @@ def test_record_completed_whole_attempt_and_state() -> None:
     step = b.record(
         OK, exit_code=0, consent=True, hint_s=None, settings=DEFAULT, now=T0 + 2.5, rand=lambda: 0
     )
-    assert step == Step(events=(), retry_changed=False, retry_delay=None, finished=False)
+    assert step == Step(events=(), retry_delay=None, finished=False)
     assert b.state.processing_history == [
         Attempt(
             feature_index=0,
@@ -246,7 +246,7 @@ def test_permanent_failure_is_recorded_and_the_batch_moves_on() -> None:
             retry_count=0,
         )
     ]
-    assert step.retry_changed and step.retry_delay is None and not step.finished
+    assert step.retry_delay is None and not step.finished and step.reason == "permanent_failure"
     assert [(e.event_type, e.reason) for e in step.events] == [
         ("retry_decision", "permanent_failure")
     ]
@@ -264,7 +264,7 @@ def test_transient_failure_is_retried_at_the_same_index() -> None:
     """A retried failure stays at its index with attempt 2 and a pending wait."""
     b = make()
     step = run(b, TRANSIENT, at=T0)
-    assert step.retry_delay == 10.0 and step.retry_changed and not step.finished
+    assert step.retry_delay == 10.0 and step.reason == "under_retry_limit" and not step.finished
     assert [e.event_type for e in step.events] == ["retry_decision", "retry_attempt"]
     assert view(b) == expect(
         status="in_progress",
@@ -577,16 +577,16 @@ def test_retry_failed_refusals() -> None:
 def test_skip_the_current_feature_advances() -> None:
     """Skipping the next feature records it as skipped and moves on; skipping the last ends it."""
     b = make(2)
-    assert not b.skip(0, T0, running=False)
+    assert not b.skip(0, T0)
     assert view(b) == expect(current_index=1, skipped=[0])
-    assert b.skip(1, T0 + 1, running=False)
+    assert b.skip(1, T0 + 1)
     assert view(b) == expect(status="completed", current_index=2, skipped=[0, 1])
 
 
 def test_skip_a_later_feature() -> None:
     """A skipped later feature is passed over when the batch gets there."""
     b = make(3)
-    assert not b.skip(1, T0, running=False)
+    assert not b.skip(1, T0)
     assert view(b) == expect(skipped=[1])
     run(b, OK)
     assert b.state.current_index == 2
@@ -605,27 +605,44 @@ def test_skip_drops_a_pending_retry_wait() -> None:
     b = make(2)
     run(b, TRANSIENT)
     assert b.retry.next_attempt_at is not None
-    b.skip(0, T0 + 2, running=False)
+    b.skip(0, T0 + 2)
     assert b.retry.next_attempt_at is None and b.state.current_index == 1
 
 
 @pytest.mark.parametrize(
-    ("index", "running", "code"),
-    [
-        (-1, False, "bad_args"),
-        (3, False, "bad_args"),
-        (0, True, "bad_state"),
-        (1, False, "bad_state"),
-    ],
+    ("index", "code"),
+    [(-1, "bad_args"), (3, "bad_args"), (1, "bad_state")],
 )
-def test_skip_refusals(index: int, running: bool, code: str) -> None:
-    """Out-of-range index: bad_args; running or already ended feature: bad_state."""
+def test_skip_refusals(index: int, code: str) -> None:
+    """Out-of-range index: bad_args; an already ended feature: bad_state."""
     b = make(3)
-    b.skip(1, T0, running=False)
+    b.skip(1, T0)
     before = view(b)
     with _Refused(code):
-        b.skip(index, T0 + 1, running=running)
+        b.skip(index, T0 + 1)
     assert view(b) == before
+
+
+def test_skip_the_running_feature_settles_it_and_its_late_outcome_does_not_count() -> None:
+    """Skipping the feature that runs records it skipped at once; the stopped attempt then
+    closes as interrupted and changes nothing else (the engine stops the runner)."""
+    b = make(2)
+    b.begin(index=0, now=T0, pid=1, pid_start_time=2)
+    assert not b.skip(0, T0 + 1)
+    assert b.state.current_index == 1 and b.open_attempt() is not None
+    step = b.record(
+        INTERRUPTED,
+        exit_code=None,
+        consent=True,
+        hint_s=None,
+        settings=DEFAULT,
+        now=T0 + 2,
+        rand=lambda: 0,
+    )
+    assert step == Step()
+    assert view(b) == expect(
+        status="in_progress", current_index=1, skipped=[0], history=[(0, 1, "interrupted", None)]
+    )
 
 
 def test_skip_refused_on_finished_batch() -> None:
@@ -633,7 +650,7 @@ def test_skip_refused_on_finished_batch() -> None:
     b = make(1)
     run(b, OK)
     with _Refused("bad_state"):
-        b.skip(0, T0, running=False)
+        b.skip(0, T0)
 
 
 # --- the breaker --------------------------------------------------------------------
@@ -828,10 +845,30 @@ def test_state_round_trips_after_every_kind_of_step() -> None:
     b = make(4)
     run(b, TRANSIENT)
     run(b, INTERRUPTED, at=T0 + 20)
-    b.skip(2, T0 + 25, running=False)
+    b.skip(2, T0 + 25)
     run(b, OK, at=T0 + 30)
     run(b, PERMANENT, at=T0 + 40)
     for struct in (b.state, b.retry):
         assert msgspec.json.decode(msgspec.json.encode(struct), type=type(struct)) == struct
     again = Batch(b.state, b.retry)
     assert again.settled == b.settled and again.last_attempt == b.last_attempt
+
+
+def test_begin_keeps_a_user_pause_made_while_the_runner_was_starting() -> None:
+    """Regression: a pause that lands while the runner is being started must survive the
+    attempt record; only the breaker's half-open probe takes a paused batch back."""
+    b = make(2)
+    b.pause(T0)
+    b.begin(index=0, now=T0 + 1, pid=1, pid_start_time=2)
+    assert (b.state.status, b.state.pause_reason) == ("paused", PAUSE_USER)
+    assert b.open_attempt() is not None
+
+
+def test_begin_is_refused_for_a_cancelled_batch() -> None:
+    """A batch cancelled while its runner started cannot record an attempt (the engine
+    stops that run instead)."""
+    b = make(2)
+    b.cancel(T0)
+    with _Refused("bad_state"):
+        b.begin(index=0, now=T0 + 1, pid=1, pid_start_time=2)
+    assert b.state.processing_history == []

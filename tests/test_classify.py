@@ -15,6 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from batchd.classify import (
+    CLUSTER_END_STATES,
     SEED_PERMANENT,
     SEED_TRANSIENT,
     TRUNCATED,
@@ -101,6 +102,7 @@ def test_tables_cover_exactly_the_seed_lists() -> None:
     """The built-in lists are the SPEC's, no more and no fewer."""
     assert set(SEED_TRANSIENT) == set(TRANSIENT_TABLE)
     assert set(SEED_PERMANENT) == set(PERMANENT_TABLE)
+    assert set(CLUSTER_END_STATES) == set(CLUSTER_TABLE)
 
 
 @pytest.mark.parametrize(("pattern", "text"), TRANSIENT_TABLE.items(), ids=TRANSIENT_TABLE)
@@ -180,6 +182,44 @@ def test_interrupted_is_not_a_failure() -> None:
     """An attempt stopped by batchd is interrupted: no failure type, nothing to classify."""
     v = judge(exit_code=None, interrupted=True, timed_out=True, stderr_tail=b"TypeError")
     assert (v.outcome, v.failure_type) == ("interrupted", None)
+
+
+# SPEC section 12: a cluster job's end state -> (outcome, failure type, the state named).
+CLUSTER_TABLE = {
+    "TIMEOUT": ("timed_out", "transient"),
+    "NODE_FAIL": ("failed", "transient"),
+    "PREEMPTED": ("failed", "transient"),
+    "BOOT_FAIL": ("failed", "transient"),
+    "CANCELLED": ("failed", "transient"),
+    "OUT_OF_MEMORY": ("failed", "permanent"),
+}
+
+
+@pytest.mark.parametrize(("state", "expected"), CLUSTER_TABLE.items(), ids=CLUSTER_TABLE)
+def test_cluster_end_state_decides_whatever_the_exit(state: str, expected: tuple[str, str]) -> None:
+    """Each special Slurm end state of SPEC 12 decides the outcome, even with exit 0, naming it."""
+    for exit_code in (0, 1, None):
+        v = judge(exit_code=exit_code, cluster_state=state, stderr_tail=b"SyntaxError: x")
+        assert (v.outcome, v.failure_type) == expected
+        assert v.message is not None and f"({state})" in v.message
+        assert v.message.endswith(": SyntaxError: x")
+
+
+def test_cluster_states_beyond_the_table_leave_it_to_the_exit_code() -> None:
+    """COMPLETED, FAILED or an unknown state: the exit status and the text decide as for a local run."""
+    for state in ("COMPLETED", "FAILED", "SOMETHING_NEW", None):
+        assert judge(exit_code=0, cluster_state=state).outcome == "completed"
+        v = judge(exit_code=1, cluster_state=state, stderr_tail=b"ConnectionError")
+        assert (v.outcome, v.failure_type) == ("failed", "transient")
+        assert v.message is not None and v.message.startswith("exit code 1")
+
+
+def test_a_cancel_batchd_asked_for_is_not_a_failure() -> None:
+    """CANCELLED after batchd's own stop or timeout is interrupted or timed_out, not a failure."""
+    v = judge(exit_code=None, interrupted=True, cluster_state="CANCELLED")
+    assert (v.outcome, v.failure_type) == ("interrupted", None)
+    v = judge(exit_code=None, timed_out=True, cluster_state="CANCELLED")
+    assert (v.outcome, v.failure_type, v.message) == ("timed_out", "transient", "timed out")
 
 
 def test_exit_zero_without_result_completes() -> None:

@@ -107,22 +107,24 @@ def test_retry_runs_failed_features_again(make_daemon: MakeDaemon) -> None:
 
 
 def test_skip_marks_feature_skipped(make_daemon: MakeDaemon) -> None:
-    """skip never runs that feature; running ones are refused; bad indices are refused."""
+    """skip never runs that feature; skipping the running one stops its whole group and
+    records it skipped; bad indices and ended features are refused."""
     d = make_daemon()
     d.start()
-    d.drop("s.txt", ["first sleep=60", "skip me", "last"])
+    d.drop("s.txt", ["first grandchild=60 sleep=60", "skip me", "last"])
     cur = running(d)
     bid = cur["batch_id"]
-    assert d.request("skip", batch_id=bid, index=0)["error"]["code"] == "bad_state"
     assert d.request("skip", batch_id=bid, index=7)["error"]["code"] == "bad_args"
     assert d.ok("skip", batch_id=bid, index=1)["index"] == 1
-    d.ok("pause", now=True)
-    d.ok("skip", batch_id=bid, index=0)
-    d.ok("resume", all=True)
+    assert d.request("skip", batch_id=bid, index=1)["error"]["code"] == "bad_state"
+    reply = d.ok("skip", batch_id=bid, index=0)  # the running one
+    assert reply["stopped_running"] is True
+    assert not alive(cur["pid"])
     [state] = d.wait_finished(1)
     assert state["skipped_features"] == [1, 0]
     assert state["completed_features"] == [2]
     assert state["status"] == "completed"
+    assert [h["outcome"] for h in state["processing_history"]] == ["interrupted", "completed"]
     assert "skip me" not in [r["feature"] for r in starts(d)]
 
 

@@ -19,7 +19,9 @@ SPEC_DEFAULTS = {
     "spool_dir": None,
     "state_dir": None,
     "socket": None,
+    "queue": {"slots": 1},
     "runner": {
+        "engine": "local",
         "command": ["claude", "-p", "/auto-implement {feature}", "--output-format", "json"],
         "cwd": "",
         "timeout": 7200,
@@ -47,6 +49,7 @@ SPEC_DEFAULTS = {
     "breaker": {"threshold": 5, "on_open": "continue", "cooldown": 0},
     "classify": {"transient_patterns": [], "permanent_patterns": [], "transient_exit_codes": [75]},
     "limits": {"max_cost_usd": 0},
+    "slurm": {"sbatch_args": [], "poll_interval": 5},
     "hooks": {
         "on_batch_done": [],
         "on_breaker_open": [],
@@ -108,6 +111,7 @@ def test_a_full_config_file_is_read(tmp_path: Path) -> None:
         """
 spool_dir = "/s"
 [runner]
+engine = "slurm"
 command = ["agent", "{feature}"]
 cwd = "/work"
 timeout = 1.5
@@ -139,6 +143,9 @@ permanent_patterns = ["^fatal"]
 transient_exit_codes = [75, 111]
 [limits]
 max_cost_usd = 2.5
+[slurm]
+sbatch_args = ["--partition=gpu", "--gres=gpu:1"]
+poll_interval = 0.5
 [hooks]
 on_batch_done = ["notify-send", "done"]
 timeout = 5
@@ -155,6 +162,11 @@ timeout = 5
     assert (c.breaker.threshold, c.breaker.on_open, c.breaker.cooldown) == (1, "pause", 30.0)
     assert c.classify.transient_exit_codes == [75, 111]
     assert c.limits.max_cost_usd == 2.5
+    assert c.runner.engine == "slurm"
+    assert (c.slurm.sbatch_args, c.slurm.poll_interval) == (
+        ["--partition=gpu", "--gres=gpu:1"],
+        0.5,
+    )
     assert (c.hooks.on_batch_done, c.hooks.timeout) == (["notify-send", "done"], 5.0)
     assert c.paths.spool_dir == Path("/s")
 
@@ -343,6 +355,11 @@ def test_empty_batchd_runner_means_unset(tmp_path: Path) -> None:
         pytest.param("spool_dir = 3\n", "spool_dir", "Expected a non-empty", id="path-type"),
         pytest.param("socket = ''\n", "socket", "Expected a non-empty", id="path-empty"),
         pytest.param("[hooks]\ntimeout = true\n", "hooks.timeout", "Expected float", id="bool"),
+        pytest.param("[runner]\nengine = 'k8s'\n", "runner.engine", "Invalid enum", id="engine"),
+        pytest.param("[slurm]\npoll_interval = 0\n", "slurm.poll_interval", "> 0", id="poll-zero"),
+        pytest.param(
+            "[slurm]\nsbatch_args = '-p x'\n", "slurm.sbatch_args", "Expected array", id="args-str"
+        ),
         pytest.param(
             "[runner]\ncommand = ['agent', '-p', 'do {featur}']\n",
             "runner.command[2]",

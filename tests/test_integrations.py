@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,8 +149,12 @@ def test_failing_and_hanging_hooks_never_stop_the_queue(
     [state] = d.wait_finished(1, timeout=60)
     assert state["status"] == "completed"
     # on_batch_done runs after the second after_feature hook has ended.
-    d.wait_for(lambda: "hook on_batch_done failed" in d.stderr(), what="hook failure logged")
-    assert d.stderr().count("hook after_feature failed: timed out") == 2
+    d.wait_for(
+        lambda: re.search(r"hook on_batch_done \(.*fail\.py\) failed: exit code 4", d.stderr()),
+        what="the hook failure logged with the hook's name and argv",
+    )
+    timed_out = r"hook after_feature \(.*hang\.py\) failed: timed out after 1 s \(hooks.timeout\)"
+    assert len(re.findall(timed_out, d.stderr())) == 2
     assert not any(alive(int(r["pid"])) for r in records(tmp_path, "hang"))
     # A failing before_feature: the attempt fails as transient and is retried with consent.
     d.stop()
@@ -173,7 +178,7 @@ def test_failing_and_hanging_hooks_never_stop_the_queue(
         ("failed", "transient"),
         ("completed", None),
     ]
-    assert hist[0]["pid"] is None and "before_feature hook failed" in hist[0]["error_message"]
+    assert hist[0]["pid"] is None and "hook before_feature failed" in hist[0]["error_message"]
 
 
 def test_cost_cap_pauses_then_raising_it_continues(make_daemon: MakeDaemon) -> None:

@@ -62,6 +62,7 @@ STATE_FIELDS = {
 # What the model adds to the table: features never to run (batchctl skip).
 STATE_EXTRA_FIELDS = {"skipped_features"}
 FAILED_FEATURE_FIELDS = {"feature_index", "error_message", "timestamp", "retry_count"}
+ATTEMPT_EXTRA_FIELDS = {"run_id"}  # BATCHD_RUN_ID, to find the run again after a restart
 ATTEMPT_FIELDS = {
     "feature_index",
     "attempt",
@@ -76,6 +77,7 @@ ATTEMPT_FIELDS = {
     "cost_usd",
     "pid",
     "pid_start_time",
+    "job_id",
 }
 RETRY_FIELDS = {
     "batch_id",
@@ -145,10 +147,10 @@ def test_state_example_has_exactly_the_spec_fields() -> None:
     assert set(obj) == STATE_FIELDS | STATE_EXTRA_FIELDS
     assert set(BatchState.__struct_fields__) == STATE_FIELDS | STATE_EXTRA_FIELDS
     for attempt in obj["processing_history"]:
-        assert set(attempt) == ATTEMPT_FIELDS
+        assert set(attempt) == ATTEMPT_FIELDS | ATTEMPT_EXTRA_FIELDS
     for failed in obj["failed_features"]:
         assert set(failed) == FAILED_FEATURE_FIELDS
-    assert set(Attempt.__struct_fields__) == ATTEMPT_FIELDS
+    assert set(Attempt.__struct_fields__) == ATTEMPT_FIELDS | ATTEMPT_EXTRA_FIELDS
     assert set(FailedFeature.__struct_fields__) == FAILED_FEATURE_FIELDS
 
 

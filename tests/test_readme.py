@@ -25,7 +25,7 @@ def test_every_documented_default_is_the_real_default() -> None:
     doc = reference()
     decoded = decode_file_config(doc, "README.md")
     defaults = FileConfig()
-    for section in ("runner", "spool", "retry", "breaker", "classify", "limits", "hooks"):
+    for section in ("runner", "spool", "retry", "breaker", "classify", "limits", "slurm", "hooks"):
         assert msgspec.to_builtins(getattr(decoded, section)) == msgspec.to_builtins(
             getattr(defaults, section)
         ), section

@@ -59,7 +59,7 @@ def test_notify_sequence_ready_status_watchdog_stopping(
     }
     assert first["READY=1"] < first["STATUS="] or first["READY=1"] <= first["STATUS="] + 1
     assert first["READY=1"] < first["WATCHDOG=1"] < first["STOPPING=1"]
-    assert any(x.startswith("STATUS=batch-") and "1/1: one" in x for x in lines)
+    assert any(x.startswith("STATUS=1 running (1 slots): batch-") and "1/1: one" in x for x in lines)
 
 
 def test_ready_only_after_orphan_is_gone(
@@ -103,7 +103,7 @@ def test_reload_sends_reloading_then_ready(
     reloading = next(i for i, m in enumerate(msgs) if "RELOADING=1" in m)
     ready = next(i for i, m in enumerate(msgs) if "READY=1" in m)
     assert reloading < ready and "MONOTONIC_USEC=" in msgs[reloading]
-    d.wait_for(lambda: "keeping the previous configuration" in d.stderr(), what="log")
+    d.wait_for(lambda: "the previous configuration is kept" in d.stderr(), what="log")
     assert "retry.bogus" in d.stderr()
     assert d.request("ping")["ok"]
 

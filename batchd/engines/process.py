@@ -1,14 +1,15 @@
-"""One process run: spawn, stream output to the log, time out, kill the whole group.
+"""A local process group: spawn, stream output to a log, time out, kill the whole group.
 
-Owns the runner's (and the hooks') process lifecycle: argv templating in one
-pass, spawning without a shell in a new session, waiting through a pidfd,
-draining stdout and stderr into the attempt log (head and tail kept past
-``max_log_bytes``), and killing the process group (SIGTERM, grace, SIGKILL)
-on timeout, on stop, and when the runner leaves members behind. It never
-decides what an outcome means: that is ``classify``.
+Owns the lifecycle of every process batchd starts on this machine (runner
+attempts of the local engine, and hooks): spawning without a shell in a new
+session, waiting through a pidfd, draining stdout and stderr (the attempt log
+keeps head and tail past ``max_log_bytes``; the last bytes of each stream are
+kept in memory for classification), and killing the process group (SIGTERM,
+grace, SIGKILL) on timeout, on stop, and when the leader leaves members
+behind. It never decides what an outcome means: that is ``classify``.
 
-Cancellation: ``RunningProcess.wait`` cleans up under a shield; when it is
-cancelled the group is killed and reaped before the cancellation proceeds.
+Cancellation: ``Process.wait`` cleans up under a shield; when it is cancelled
+the group is killed and reaped before the cancellation proceeds.
 """
 
 from __future__ import annotations
@@ -22,96 +23,20 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import anyio
 
+from batchd import procfs
 from batchd.classify import RawResult
-from batchd.template import render
+from batchd.engines import RunRef, SpawnError
 
 STDERR_TAIL = 64 * 1024
 STDOUT_TAIL = 256 * 1024
 _CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT_S = 2.0  # a setsid() grandchild can hold the pipe: stop reading after this
 _POLL_S = 0.02
-
-
-def render_argv(template: Iterable[str], values: Mapping[str, str]) -> list[str]:
-    """Replace ``{feature}`` etc. inside each element, in one pass (inserted text is final)."""
-    return render(template, values)
-
-
-class SpawnError(Exception):
-    """The runner could not be started; not the feature's fault, so no attempt is charged."""
-
-    def __init__(self, kind: Literal["cwd", "runner"], message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-# --- /proc helpers --------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
-
-
-def is_alive_process(pid: int, start_time: int | None) -> bool:
-    """Is ``pid`` still the process that started at ``start_time`` (and not a zombie)?"""
-    fields = _stat_fields(pid)
-    if not fields or fields[0] == "Z":
-        return False
-    return start_time is None or (len(fields) > 19 and int(fields[19]) == start_time)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = _stat_fields(int(name))
-        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            found.append(int(name))
-    return found
-
-
-def processes_with_env(marker: bytes) -> list[int]:
-    """Live processes of this user whose environment contains ``marker`` (e.g. a run id prefix)."""
-    uid = os.getuid()
-    me = os.getpid()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        try:
-            if os.stat(f"/proc/{name}").st_uid != uid:
-                continue
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if b"\0" + marker in b"\0" + env:
-            fields = _stat_fields(int(name))
-            if fields and fields[0] != "Z":
-                found.append(int(name))
-    return found
 
 
 def become_subreaper() -> bool:
@@ -129,23 +54,12 @@ _KNOWN_CHILDREN: set[int] = set()
 def reap_orphans() -> int:
     """Reap adopted orphans that have exited (never our own runner or hook children)."""
     reaped = 0
-    me = os.getpid()
-    try:
-        tasks = os.listdir(f"/proc/{me}/task")
-    except OSError:
-        return 0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{me}/task/{tid}/children") as f:
-                children = [int(p) for p in f.read().split()]
-        except OSError:
+    for pid in procfs.children(os.getpid()):
+        if pid in _KNOWN_CHILDREN:
             continue
-        for pid in children:
-            if pid in _KNOWN_CHILDREN:
-                continue
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    reaped += 1
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
     return reaped
 
 
@@ -182,7 +96,7 @@ async def kill_group(
             if leader is not None and leader.returncode is None:
                 leader.poll()
             reap_orphans()
-            if not _group_alive(pgid) or not group_members(pgid):
+            if not _group_alive(pgid) or not procfs.group_members(pgid):
                 return
             if time.monotonic() >= deadline:
                 break
@@ -295,6 +209,8 @@ class _Tail:
 
 @dataclass
 class Launch:
+    """One process to start; ``what`` names it in errors (``runner``, ``hook after_feature``)."""
+
     argv: list[str]
     env: dict[str, str]
     cwd: str
@@ -303,9 +219,10 @@ class Launch:
     kill_grace: float = 10.0
     max_log_bytes: int = 10 * 1024 * 1024
     tail_caps: tuple[int, int] = field(default=(STDOUT_TAIL, STDERR_TAIL))
+    what: str = "runner"
 
 
-def spawn(launch: Launch) -> RunningProcess:
+def spawn(launch: Launch) -> Process:
     """Start the process in its own session; raise ``SpawnError`` if it cannot start."""
     if not os.path.isdir(launch.cwd):
         raise SpawnError("cwd", f"working directory {launch.cwd} does not exist")
@@ -327,16 +244,18 @@ def spawn(launch: Launch) -> RunningProcess:
         if e.filename == launch.cwd and not os.path.isdir(launch.cwd):
             raise SpawnError("cwd", f"working directory {launch.cwd} does not exist") from None
         why = e.strerror or str(e)
-        raise SpawnError("runner", f"cannot start runner {program!r}: {why}") from None
+        raise SpawnError("runner", f"cannot start {launch.what} {program!r}: {why}") from None
     _KNOWN_CHILDREN.add(proc.pid)
-    return RunningProcess(proc, launch, sink)
+    return Process(proc, launch, sink)
 
 
-class RunningProcess:
+class Process:
+    """A started process group; also the local engine's ``Run``."""
+
     def __init__(self, proc: subprocess.Popen[bytes], launch: Launch, sink: LogSink) -> None:
         self.proc = proc
         self.pid = proc.pid
-        self.start_time = process_start_time(proc.pid)
+        self.start_time = procfs.start_time(proc.pid)
         self.launch = launch
         self.sink = sink
         self.stdout = _Tail(launch.tail_caps[0])
@@ -348,6 +267,13 @@ class RunningProcess:
         self._fds = [proc.stdout.fileno(), proc.stderr.fileno()]
         for fd in self._fds:
             os.set_blocking(fd, False)
+
+    @property
+    def ref(self) -> RunRef:
+        return RunRef(pid=self.pid, pid_start_time=self.start_time)
+
+    def describe(self) -> str | None:
+        return None
 
     def stop(self, reason: str) -> None:
         """Ask ``wait`` to end the run now (the group is killed; the run is 'interrupted')."""

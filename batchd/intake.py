@@ -1,0 +1,105 @@
+"""A claimed spool file becomes a batch (SPEC 3): exactly once, whatever a kill interrupts.
+
+The spool hands over a claimed, validated file (``spool.Accepted``, in
+``.claimed/``). Its batch is written durably first (``daemon.json`` with the
+next ``seq``, then the batch dir), then the file is moved in as
+``<batch dir>/source``. A kill between the two leaves a batch without a
+source and the file still claimed: the next scan matches them by name and
+SHA-256 and only moves the file. While state writes fail, nothing is
+accepted: the file waits in ``.claimed/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from batchd import failpoints
+from batchd.batch import Batch, new_batch
+from batchd.classify import sanitize
+from batchd.engine import Engine
+from batchd.model import batch_id_for, utc_iso
+from batchd.spool import Accepted
+
+log = logging.getLogger("batchd")
+
+
+def ingest(engine: Engine, acc: Accepted) -> None:
+    """Turn a claimed spool file into a batch (or finish what a kill interrupted)."""
+    for batch in engine.batches.values():
+        s = batch.state
+        if (
+            s.features_file == acc.name
+            and s.source_sha256 == acc.sha256
+            and not engine.store.has_source(s.batch_id)
+        ):
+            log.info("spool: %s is %s (recovered after a crash)", sanitize(acc.name), s.batch_id)
+            _move_source(engine, acc, s.batch_id)
+            return
+    if engine.journal.failure:
+        return  # the disk is failing: the file waits in .claimed/ until it recovers
+    new = _new(engine, acc)
+    if new is None:
+        return
+    batch = new
+    failpoints.hit("after_batch_write")
+    engine.batches[batch.batch_id] = batch
+    _move_source(engine, acc, batch.batch_id)
+    log.info(
+        "spool: accepted %s as %s (seq %d, %d features)",
+        sanitize(acc.name),
+        batch.batch_id,
+        batch.state.seq,
+        batch.state.total_features,
+    )
+    engine.touch()
+
+
+def _new(engine: Engine, acc: Accepted) -> Batch | None:
+    now = engine.clock.now()
+    seq = engine.daemon.next_seq
+    parsed = acc.parsed
+    if parsed.name == acc.name:  # named after the file: a name may hold anything
+        parsed = dataclasses.replace(parsed, name=sanitize(acc.name, 200))
+    batch = new_batch(
+        batch_id=_new_id(engine, now),
+        seq=seq,
+        parsed=parsed,
+        features_file=acc.name,
+        source_sha256=acc.sha256,
+        now=now,
+    )
+    engine.daemon.next_seq = seq + 1
+    engine.daemon.updated_at = utc_iso(now)
+    if not engine.save_queue():
+        engine.daemon.next_seq = seq
+        return None
+    if not engine.journal.create(batch, engine.daemon):
+        engine.set_problem("state_write", engine.journal.failure)
+        return None
+    return batch
+
+
+def _new_id(engine: Engine, now: float) -> str:
+    """``batch-YYYYMMDD-HHMMSS-ffffff``, unique even for two files in one microsecond."""
+    us = max(int(now * 1_000_000), engine.last_id_us + 1)
+    while True:
+        batch_id = batch_id_for(us / 1_000_000)
+        if batch_id not in engine.batches and not os.path.lexists(engine.store.batches / batch_id):
+            break
+        us += 1
+    engine.last_id_us = us
+    return batch_id
+
+
+def _move_source(engine: Engine, acc: Accepted, batch_id: str) -> None:
+    try:
+        engine.store.move_in_source(acc.path, batch_id)
+    except OSError as e:
+        log.error(
+            "spool: cannot move %s into %s: %s; it is tried again at the next scan",
+            sanitize(acc.name),
+            batch_id,
+            e,
+        )

@@ -1,0 +1,92 @@
+"""What /proc says about processes: start times, liveness, groups, environments, children.
+
+The one place that parses ``/proc/<pid>/stat`` (its ``comm`` field may hold
+spaces and parentheses: the fields are split after the last ``)``). Read
+only; nothing here signals or waits for a process.
+"""
+
+from __future__ import annotations
+
+import os
+
+_STATE, _PPID, _PGRP, _UTIME, _STIME, _START = 0, 1, 2, 11, 12, 19  # after the comm field
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after ``comm`` (field 3 of proc(5) is index 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
+    fields = stat_fields(pid)
+    return int(fields[_START]) if fields and len(fields) > _START else None
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User plus system CPU time of ``pid`` in clock ticks, or None if gone."""
+    fields = stat_fields(pid)
+    return int(fields[_UTIME]) + int(fields[_STIME]) if fields and len(fields) > _STIME else None
+
+
+def is_alive(pid: int, started: int | None = None) -> bool:
+    """Is ``pid`` a live (not zombie) process, and the one that started at ``started``?"""
+    fields = stat_fields(pid)
+    if not fields or fields[_STATE] == "Z":
+        return False
+    return started is None or (len(fields) > _START and int(fields[_START]) == started)
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    found = []
+    for pid in _pids():
+        fields = stat_fields(pid)
+        if fields and len(fields) > _PGRP and fields[_PGRP] == str(pgid) and fields[_STATE] != "Z":
+            found.append(pid)
+    return found
+
+
+def with_env(marker: bytes) -> list[int]:
+    """Live processes of this user whose environment holds ``marker`` (``KEY=value-prefix``)."""
+    uid = os.getuid()
+    me = os.getpid()
+    found = []
+    for pid in _pids():
+        if pid == me:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if b"\0" + marker in b"\0" + env and is_alive(pid):
+            found.append(pid)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (over all its threads)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return out

@@ -1,0 +1,87 @@
+"""Start-up: load the state dir, then deal with what a killed daemon left running.
+
+Order (the contract of ``READY=1``): every state file is read (unreadable ones
+are quarantined and reported); a queue pause caused by runner or cluster
+trouble is lifted (a restart usually follows a fix); then, for every batch
+whose last attempt has no outcome, the engine is asked to find the run again.
+A run it can wait on (a Slurm job still queued or running, or one that ended
+meanwhile) is adopted and judged when it ends, as if nothing had happened;
+otherwise the attempt is recorded ``interrupted`` and runs again, uncharged.
+Last, runs of this state dir that no attempt records (a kill between the
+start and the write) are stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from batchd import queue
+from batchd.batch import Batch
+from batchd.engine import Engine, Slot
+from batchd.engines import RunRef
+
+log = logging.getLogger("batchd")
+
+
+def load(engine: Engine) -> None:
+    """Read every state file into the engine."""
+    store = engine.store
+    engine.daemon = store.load_daemon()
+    engine.user = store.load_user()
+    loaded, problems = store.load_batches()
+    for p in problems:
+        log.error("state: %s", p.message)
+        engine.problems.append(p)
+    for state, retry in loaded:
+        batch = Batch(state, retry)
+        engine.batches[batch.batch_id] = batch
+        engine.journal.loaded(batch)
+    if store.temp_files_removed:
+        log.info(
+            "state: removed %d temp files left by an interrupted write (harmless)",
+            store.temp_files_removed,
+        )
+    top = max((b.state.seq for b in engine.batches.values()), default=0)
+    engine.daemon.next_seq = max(engine.daemon.next_seq, top + 1)
+    if queue.lift_trouble_pause(engine.daemon, engine.clock.now()):
+        log.info("queue: the pause for runner trouble is lifted at start; it returns if not fixed")
+        engine.save_queue()
+
+
+async def recover(engine: Engine) -> list[Slot]:
+    """Find the runs a killed daemon left; return those to wait on (adopted)."""
+    adopted: list[Slot] = []
+    for batch in engine.batches.values():
+        attempt = batch.open_attempt()
+        if attempt is None:
+            continue
+        index = attempt.feature_index
+        spec = engine.launch_spec(batch, index, attempt.run_id)
+        ref = RunRef(pid=attempt.pid, pid_start_time=attempt.pid_start_time, job_id=attempt.job_id)
+        run = await engine.runner.reattach(ref, spec)
+        if run is None:
+            _interrupted(engine, batch, index, attempt.attempt)
+            continue
+        log.info(
+            "recovery: %s feature %d attempt %d is still %s; waiting for it again",
+            batch.batch_id,
+            index + 1,
+            attempt.attempt,
+            run.describe() or "running",
+        )
+        adopted.append(Slot(batch, index, engine.cwd_key(batch), spec, run=run))
+    known = {slot.spec.run_id for slot in adopted}
+    for line in await engine.runner.stop_orphans(engine.run_id_prefix, known):
+        log.warning("recovery: stopped a run no attempt records: %s", line)
+    return adopted
+
+
+def _interrupted(engine: Engine, batch: Batch, index: int, number: int) -> None:
+    batch.mark_interrupted(engine.clock.now(), "interrupted: the daemon stopped during the run")
+    engine.persist(batch)
+    log.info(
+        "recovery: %s feature %d attempt %d was interrupted by the stop; it runs again",
+        batch.batch_id,
+        index + 1,
+        number,
+    )

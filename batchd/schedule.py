@@ -1,0 +1,73 @@
+"""Which batches start a feature now, and when to look again (SPEC 5 and 11). Pure.
+
+The whole scheduling rule, in one function:
+
+- at most ``slots`` features run at once, and a batch runs one at a time;
+- two features never run in one working directory (compared after realpath,
+  by the caller): later features of a repository may build on earlier ones;
+- a batch waiting for a retry frees its slot but keeps its cwd reserved, so
+  nothing slips into that repository meanwhile;
+- whenever a slot is free, the lowest ``seq`` whose cwd is free goes first,
+  so a slow batch never holds back a batch in another cwd;
+- nothing starts while the queue is paused.
+
+``plan`` takes values, ``now`` included, and returns a ``Plan``; the engine
+carries it out and calls ``plan`` again whenever something changed or the
+plan's ``wake_at`` has come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A batch with a feature left to run, as the scheduler sees it."""
+
+    batch_id: str
+    seq: int
+    cwd: str  # the effective working directory, after realpath
+    ready_at: float | None = None  # not before: a retry wait, or a breaker's half-open time
+    reserves_cwd: bool = True  # while waiting for ready_at, keep the cwd for itself
+
+
+@dataclass(frozen=True)
+class Plan:
+    start: tuple[str, ...] = ()  # batch ids, in the order to start them
+    wake_at: float | None = None  # plan again then (epoch seconds), if nothing else happens
+
+
+def plan(
+    candidates: Iterable[Candidate],
+    *,
+    slots: int,
+    running: Mapping[str, str],
+    paused: bool,
+    now: float,
+) -> Plan:
+    """Decide what starts now. ``running`` maps each busy batch id to its cwd."""
+    waiting = [c for c in candidates if c.batch_id not in running]
+    wake_at = min(
+        (c.ready_at for c in waiting if c.ready_at is not None and c.ready_at > now), default=None
+    )
+    if paused:
+        return Plan((), None)
+    busy = set(running.values())
+    busy.update(c.cwd for c in waiting if c.reserves_cwd and _later(c, now))
+    free = slots - len(running)
+    start: list[str] = []
+    for c in sorted(waiting, key=lambda c: c.seq):
+        if free <= 0:
+            break
+        if _later(c, now) or c.cwd in busy:
+            continue
+        start.append(c.batch_id)
+        busy.add(c.cwd)
+        free -= 1
+    return Plan(tuple(start), wake_at)
+
+
+def _later(c: Candidate, now: float) -> bool:
+    return c.ready_at is not None and c.ready_at > now
