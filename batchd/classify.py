@@ -264,6 +264,7 @@ class Classifier:
     permanent: tuple[re.Pattern[str], ...]
     transient_exit_codes: frozenset[int]
     allow_permission_denials: bool = False
+    timeout_s: float = 0.0  # runner.timeout, named in a timed-out attempt's message
 
     @classmethod
     def build(
@@ -273,12 +274,14 @@ class Classifier:
         transient_exit_codes: Iterable[int] = (75,),
         *,
         allow_permission_denials: bool = False,
+        timeout_s: float = 0.0,
     ) -> Classifier:
         return cls(
             transient=tuple(re.compile(p) for p in (*SEED_TRANSIENT, *transient_patterns)),
             permanent=tuple(re.compile(p) for p in (*SEED_PERMANENT, *permanent_patterns)),
             transient_exit_codes=frozenset(transient_exit_codes),
             allow_permission_denials=allow_permission_denials,
+            timeout_s=timeout_s,
         )
 
     def failure_type(self, text: str) -> FailureType | None:
@@ -308,7 +311,8 @@ class Classifier:
         if raw.interrupted:
             return Verdict("interrupted", None, "stopped by batchd", tokens, cost, lowered)
         if raw.timed_out:
-            return fail("transient", "timed out", "timed_out")
+            limit = f" after {self.timeout_s:g} s (runner.timeout)" if self.timeout_s else ""
+            return fail("transient", f"timed out{limit}", "timed_out")
         if raw.cluster_state in CLUSTER_END_STATES:
             outcome, ftype, why = CLUSTER_END_STATES[raw.cluster_state]
             return fail(ftype, why, outcome)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -175,7 +176,22 @@ def _describe(e: msgspec.ValidationError) -> str:
         name = field.group(1) if field else "?"
         key = f"{key}.{name}" if key else name
         return f"{key}: unknown key (see the configuration reference in the README)"
+    enum = re.match(r"Invalid enum value (.*)", head)
+    if enum and key:
+        choices = ", ".join(_choices(key)) or "?"
+        return f"{key}: {enum.group(1)} is not one of {choices}"
     return f"{key}: {head.replace('`', '')}" if key else head.replace("`", "")
+
+
+def _choices(key: str) -> list[str]:
+    """The values a ``Literal`` key of the config file allows (``runner.output_format``)."""
+    kind: Any = FileConfig
+    for part in key.split("."):
+        hints = typing.get_type_hints(kind) if isinstance(kind, type) else {}
+        if part not in hints:
+            return []
+        kind = hints[part]
+    return [str(v) for v in typing.get_args(kind)] if typing.get_origin(kind) is Literal else []
 
 
 def decode_file_config(raw: Mapping[str, Any], source: Path | str) -> FileConfig:

@@ -121,6 +121,7 @@ class Engine:
             c.permanent_patterns,
             c.transient_exit_codes,
             allow_permission_denials=cfg.runner.allow_permission_denials,
+            timeout_s=float(cfg.runner.timeout),
         )
         self.base_env = child_env(self.env)
         self._cwd_keys.clear()

@@ -13,13 +13,16 @@ and one after the outcome (the audit first).
 from __future__ import annotations
 
 import logging
+import os
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchd import failpoints, launch, queue, views
 from batchd.batch import Batch
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint, sanitize
 from batchd.engines import Run, RunRef, SpawnError
+from batchd.model import utc_iso
 
 if TYPE_CHECKING:
     from batchd.engine import Engine, Slot
@@ -101,6 +104,7 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
     batch, spec = slot.batch, slot.spec
     try:
         spec.log_path.parent.mkdir(mode=0o700, exist_ok=True)
+        _mark_rerun(spec.log_path, engine.clock.now())
         run = await engine.runner.start(spec)
     except SpawnError as e:
         _trouble(engine, batch, e)
@@ -131,6 +135,22 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
     )
     engine.touch()
     return run
+
+
+def _mark_rerun(path: Path, now: float) -> None:
+    """An interrupted attempt runs again into the same log: a line tells the runs apart."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # the first run of this attempt
+    try:
+        if os.fstat(fd).st_size:
+            line = f"\n[batchd: {utc_iso(now)}: the interrupted attempt runs again from here]\n"
+            os.write(fd, line.encode())
+    except OSError:
+        pass  # a full disk: the runner's own output reports it (log_write)
+    finally:
+        os.close(fd)
 
 
 def _trouble(engine: Engine, batch: Batch, e: SpawnError) -> None:

@@ -18,7 +18,7 @@ import shlex
 from collections.abc import Mapping
 
 from batchd import template
-from batchd.classify import sanitize
+from batchd.classify import RawResult, sanitize
 from batchd.engines import SpawnError
 from batchd.engines.process import Launch, Process, spawn
 
@@ -86,13 +86,18 @@ class Hooks:
         if raw.exit_code == 0:
             log.debug("%s: ok", what)
             return None
-        if raw.timed_out:
-            why = f"timed out after {timeout:g} s (hooks.timeout)"
-        elif raw.exit_code is None:
-            why = f"killed by signal {raw.signal}"
-        else:
-            why = f"exit code {raw.exit_code}"
-        detail = sanitize(raw.stderr_tail.decode("utf-8", "replace").strip(), 300)
-        message = f"{why}: {detail}" if detail else why
+        message = _failure(raw, timeout)
         log.error("%s failed: %s", what, message)
         return message
+
+
+def _failure(raw: RawResult, timeout: float) -> str:
+    """Why a hook failed, with the end of what it wrote to stderr."""
+    if raw.timed_out:
+        why = f"timed out after {timeout:g} s (hooks.timeout)"
+    elif raw.exit_code is None:
+        why = f"killed by signal {raw.signal}"
+    else:
+        why = f"exit code {raw.exit_code}"
+    detail = sanitize(raw.stderr_tail.decode("utf-8", "replace").strip(), 300)
+    return f"{why}: {detail}" if detail else why

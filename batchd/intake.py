@@ -46,12 +46,14 @@ def ingest(engine: Engine, acc: Accepted) -> None:
     failpoints.hit("after_batch_write")
     engine.batches[batch.batch_id] = batch
     _move_source(engine, acc, batch.batch_id)
+    n = batch.state.total_features
     log.info(
-        "spool: accepted %s as %s (seq %d, %d features)",
+        "spool: accepted %s as %s (seq %d, %d feature%s)",
         sanitize(acc.name),
         batch.batch_id,
         batch.state.seq,
-        batch.state.total_features,
+        n,
+        "" if n == 1 else "s",
     )
     engine.touch()
 

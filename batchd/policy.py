@@ -134,78 +134,70 @@ def after_failure(
     rand: Callable[[], float],
 ) -> Decision:
     """Update the counters for a failed attempt, then decide whether to retry it."""
+    new, opened, events = _count_failure(state, index, message, policy, now)
+    tries = new.retry_counts.get(str(index), 0)
+    reason = retry_reason(new, consent, failure_type, tries, policy)
+    retry = reason == UNDER_LIMIT
+    delay = 0.0
+    if retry:
+        delay = retry_wait(tries + 1, hint_s, policy, rand)
+        new = msgspec.structs.replace(
+            new,
+            retry_counts={**new.retry_counts, str(index): tries + 1},
+            global_retry_count=new.global_retry_count + 1,
+            next_attempt_at=utc_iso(now + delay),
+        )
+    fields = {"failure_type": failure_type, "error_message": message}
+    decision = "retry" if retry else "fail"
+    events.append(
+        _event(new, now, "retry_decision", index, decision=decision, reason=reason, **fields)
+    )
+    if retry:
+        when = f"next attempt at {new.next_attempt_at} (in {delay:.1f}s)"
+        events.append(
+            _event(new, now, "retry_attempt", index, decision="retry", reason=when, **fields)
+        )
+    return Decision(retry, reason, new, delay, opened, tuple(events))
+
+
+def _count_failure(
+    state: RetryState, index: int, message: str, policy: RetryPolicy, now: float
+) -> tuple[RetryState, bool, list[AuditEvent]]:
+    """Counters first: one more failure in a row; the breaker opens at the threshold (or
+    again when its half-open probe failed). Returns the new state, opened?, audit events."""
     stamp = utc_iso(now)
     phase = breaker_phase(state, now, policy.breaker_cooldown)
-    counts = dict(state.retry_counts)
     new = msgspec.structs.replace(
         state,
-        retry_counts=counts,
+        retry_counts=dict(state.retry_counts),
         consecutive_failures=state.consecutive_failures + 1,
         next_attempt_at=None,
         updated_at=stamp,
     )
-    events: list[AuditEvent] = []
-    opened = False
-    if phase == "half_open" or (
-        phase == "closed" and new.consecutive_failures >= policy.breaker_threshold
-    ):
-        new = msgspec.structs.replace(new, circuit_breaker_open=True, breaker_opened_at=stamp)
-        opened = True
-        why = "half_open_probe_failed" if phase == "half_open" else "consecutive_failures"
-        events.append(
-            _event(new, now, "circuit_breaker_triggered", index, reason=why, error_message=message)
-        )
+    threshold = phase == "closed" and new.consecutive_failures >= policy.breaker_threshold
+    if phase != "half_open" and not threshold:
+        return new, False, []
+    new = msgspec.structs.replace(new, circuit_breaker_open=True, breaker_opened_at=stamp)
+    why = "half_open_probe_failed" if phase == "half_open" else "consecutive_failures"
+    event = _event(new, now, "circuit_breaker_triggered", index, reason=why, error_message=message)
+    return new, True, [event]
 
-    key = str(index)
-    tries = counts.get(key, 0)
+
+def retry_reason(
+    state: RetryState, consent: bool, failure_type: FailureType, tries: int, policy: RetryPolicy
+) -> str:
+    """The five checks, in the seed's order; ``under_retry_limit`` means retry."""
     if not consent:
-        reason = CONSENT_NOT_GIVEN
-    elif new.global_retry_count >= policy.max_global:
-        reason = GLOBAL_LIMIT
-    elif new.circuit_breaker_open:
-        reason = BREAKER_OPEN
-    elif failure_type == "permanent":
-        reason = PERMANENT
-    elif tries >= policy.max_per_feature:
-        reason = MAX_RETRIES
-    else:
-        reason = UNDER_LIMIT
-    retry = reason == UNDER_LIMIT
-    delay = 0.0
-    if retry:
-        counts[key] = tries + 1
-        delay = retry_wait(tries + 1, hint_s, policy, rand)
-        new = msgspec.structs.replace(
-            new,
-            global_retry_count=new.global_retry_count + 1,
-            next_attempt_at=utc_iso(now + delay),
-        )
-    events.append(
-        _event(
-            new,
-            now,
-            "retry_decision",
-            index,
-            failure_type=failure_type,
-            decision="retry" if retry else "fail",
-            reason=reason,
-            error_message=message,
-        )
-    )
-    if retry:
-        events.append(
-            _event(
-                new,
-                now,
-                "retry_attempt",
-                index,
-                failure_type=failure_type,
-                decision="retry",
-                reason=f"next attempt at {new.next_attempt_at} (in {delay:.1f}s)",
-                error_message=message,
-            )
-        )
-    return Decision(retry, reason, new, delay, opened, tuple(events))
+        return CONSENT_NOT_GIVEN
+    if state.global_retry_count >= policy.max_global:
+        return GLOBAL_LIMIT
+    if state.circuit_breaker_open:
+        return BREAKER_OPEN
+    if failure_type == "permanent":
+        return PERMANENT
+    if tries >= policy.max_per_feature:
+        return MAX_RETRIES
+    return UNDER_LIMIT
 
 
 def reset_breaker(state: RetryState, now: float) -> tuple[RetryState, AuditEvent]:

@@ -153,6 +153,7 @@ class BatchList(TypedDict):
 class Show(TypedDict):
     batch: BatchItem
     feature_states: list[str]  # completed, failed, skipped, running, pending or cancelled
+    running: RunningItem | None  # its running feature (pid, or Slurm job and state)
     state: dict[str, Any]  # state.json as stored
     retry: dict[str, Any]  # retry_state.json as stored
 

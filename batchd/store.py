@@ -22,13 +22,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from batchd import failpoints
 from batchd.model import AuditEvent, BatchState, DaemonState, RetryState, UserState
 from batchd.protocol import is_batch_id
+from batchd.stateenc import StateEncoder
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -192,84 +193,6 @@ def encode(obj: object) -> bytes:
 def decode_file(path: Path, kind: type[T]) -> T:
     """Decode a state file; ``msgspec.DecodeError`` (a ValidationError too) when it is bad."""
     return msgspec.json.decode(read_nofollow(path), type=kind)
-
-
-# --- encoding big states cheaply -------------------------------------------------------
-
-
-class _Cached:
-    __slots__ = ("features", "features_raw", "history_n", "history_raw")
-
-    def __init__(self, features: list[str]) -> None:
-        self.features = features
-        self.features_raw = _encoder.encode(features)
-        self.history_n = 0
-        self.history_raw = bytearray()
-
-
-_STATE_FIELDS = BatchState.__struct_fields__
-
-
-class _StateOut(msgspec.Struct, kw_only=True):
-    """``BatchState`` with its two big fields as pre-encoded JSON (same field order)."""
-
-    schema_version: int
-    batch_id: str
-    seq: int
-    name: str
-    features_file: str
-    source_sha256: str
-    total_features: int
-    features: msgspec.Raw
-    current_index: int
-    completed_features: list[int]
-    failed_features: list[Any]
-    skipped_features: list[int]
-    context_token_estimate: int
-    status: str
-    pause_reason: str | None
-    issue_numbers: list[int] | None
-    source_type: str
-    cwd: str | None
-    cost_usd: float
-    created_at: str
-    updated_at: str
-    processing_history: msgspec.Raw
-
-
-assert _StateOut.__struct_fields__ == _STATE_FIELDS, "keep _StateOut in step with BatchState"
-
-
-class StateEncoder:
-    """Encode ``BatchState`` to exactly the bytes ``encode`` gives, in time that does not grow
-    with the batch: ``features`` never change after a batch is created and a finished
-    attempt never changes again, so both are encoded once and reused."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, _Cached] = {}
-
-    def encode(self, state: BatchState) -> bytes:
-        c = self._cache.get(state.batch_id)
-        hist = state.processing_history
-        if c is None or c.features is not state.features or len(hist) < c.history_n:
-            c = self._cache[state.batch_id] = _Cached(state.features)
-        i = c.history_n
-        while i < len(hist) and hist[i].outcome is not None:
-            if i:
-                c.history_raw += b","
-            c.history_raw += _encoder.encode(hist[i])
-            i += 1
-        c.history_n = i
-        tail = b",".join(_encoder.encode(a) for a in hist[i:])
-        sep = b"," if i and tail else b""
-        history = b"".join((b"[", c.history_raw, sep, tail, b"]"))
-        fields = {name: getattr(state, name) for name in _STATE_FIELDS}
-        fields["features"] = msgspec.Raw(c.features_raw)
-        fields["processing_history"] = msgspec.Raw(history)
-        return _encoder.encode(_StateOut(**fields))
-
-    def forget(self, batch_id: str) -> None:
-        self._cache.pop(batch_id, None)
 
 
 # --- the state directory ---------------------------------------------------------

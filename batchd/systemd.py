@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from batchd.paths import ConfigError
+
 __all__ = [
     "child_env",
     "install_service",
@@ -233,23 +235,71 @@ def setup_logging(level: int = logging.INFO, env: Mapping[str, str] | None = Non
 # --- unit installation ---------------------------------------------------------------------
 
 UNIT_NAMES = ("batchd.service", "batchd.socket")
-EXEC_PLACEHOLDER = "@BATCHD@"
+EXEC_PLACEHOLDER = "@BATCHD@"  # ExecStart: batchd and its global options
+RELOAD_PLACEHOLDER = "@BATCHCTL@"  # ExecReload: batchctl and the same options
+LISTEN_PLACEHOLDER = "@LISTEN@"  # ListenStream: the control socket
+DEFAULT_LISTEN = "%t/batchd/batchd.sock"  # batchd's default socket, in unit syntax
 
 
-def render_unit(name: str, exec_start: str) -> str:
-    """The packaged template ``name`` with ``exec_start`` (unit-file syntax) for batchd."""
+def render_unit(
+    name: str,
+    exec_start: str,
+    *,
+    batchctl: str | None = None,
+    options: str = "",
+    listen: str = DEFAULT_LISTEN,
+) -> str:
+    """The packaged template ``name`` for this installation, in unit-file syntax:
+    ``exec_start`` runs batchd, ``batchctl`` (default: the one beside it) reloads it,
+    both with ``options`` (e.g. `` --config PATH``); the socket unit listens on ``listen``."""
     template = resources.files("batchd").joinpath("units", name).read_text(encoding="utf-8")
-    return template.replace(EXEC_PLACEHOLDER, exec_start)
+    reload_start = batchctl if batchctl is not None else batchctl_word(exec_start)
+    return (
+        template.replace(EXEC_PLACEHOLDER, exec_start + options)
+        .replace(RELOAD_PLACEHOLDER, reload_start + options)
+        .replace(LISTEN_PLACEHOLDER, listen)
+    )
+
+
+def batchctl_word(exec_start: str) -> str:
+    """The batchctl of the installation whose batchd is ``exec_start`` (unit syntax):
+    ``PYTHON -m batchd`` -> ``PYTHON -m batchctl``, ``DIR/batchd`` -> ``DIR/batchctl``."""
+    if exec_start.endswith(" -m batchd"):
+        return exec_start[: -len("batchd")] + "batchctl"
+    quoted = exec_start.startswith('"')
+    word = exec_start.strip('"').rsplit("/", 1)[0] + "/batchctl"
+    return f'"{word}"' if quoted else word
+
+
+def _check_word(text: str) -> None:
+    if any(c in text for c in '"\\') or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{text!r} contains a quote, a backslash or a control character")
 
 
 def _exec_word(path: str) -> str:
     """``path`` as the executable word of an ``ExecStart=`` line (ValueError if impossible)."""
     if not os.path.isabs(path):
         raise ValueError(f"{path!r} is not an absolute path")
-    if any(c in path for c in '"\\') or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
-        raise ValueError(f"{path!r} contains a quote, a backslash or a control character")
+    _check_word(path)
     word = path.replace("%", "%%")  # % starts a specifier; $ is literal in the executable
     return f'"{word}"' if any(c.isspace() or c == "'" for c in word) else word
+
+
+def _exec_arg(text: str) -> str:
+    """``text`` as one argument of an ``Exec*=`` line: specifiers and variables escaped."""
+    _check_word(text)
+    word = text.replace("%", "%%").replace("$", "$$")
+    return f'"{word}"' if any(c.isspace() or c == "'" for c in word) else word
+
+
+def _listen_path(path: str) -> str:
+    """An absolute socket path as a ``ListenStream=`` value (ValueError if impossible)."""
+    if not os.path.isabs(path):
+        raise ValueError(f"socket {path!r} is not an absolute path; write it as /full/path")
+    _check_word(path)
+    if any(c.isspace() for c in path):
+        raise ValueError(f"socket {path!r} contains white space; systemd cannot listen there")
+    return path.replace("%", "%%")
 
 
 def default_exec_start() -> str:
@@ -317,15 +367,19 @@ def install_service(
     force: bool,
     unit_dir: Path | None = None,
     batchd_path: str | None = None,
+    config: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Write ``batchd.service`` (and ``batchd.socket``) for this installation into ``unit_dir``.
 
     ``ExecStart=`` gets the absolute path of batchd (``batchd_path``, else
-    ``default_exec_start()``). A unit that exists with other content is left
-    alone (return 1, with a diff and the ``--force`` hint) unless ``force``;
-    identical content is reported unchanged. Files are written atomically,
-    mode 0644. Prints the commands to run next. Returns 0 on success.
+    ``default_exec_start()``) and ``ExecReload=`` the batchctl beside it, both
+    with ``--config`` when ``config`` is given; ``ListenStream=`` gets the
+    ``socket`` of that config file when it names one. A unit that exists with
+    other content is left alone (return 1, with a diff and the ``--force``
+    hint) unless ``force``; identical content is reported unchanged. Files are
+    written atomically, mode 0644. Prints the commands to run next. Returns 0
+    on success.
     """
     target = unit_dir if unit_dir is not None else default_unit_dir()
     again = "batchd install-service" + (" --socket-activation" if socket_activation else "")
@@ -333,13 +387,16 @@ def install_service(
         exec_start = (
             _exec_word(os.path.abspath(batchd_path)) if batchd_path else default_exec_start()
         )
-    except ValueError as e:
-        print(f"batchd: cannot write an ExecStart= for batchd: {e}", file=out)
+        options = f" --config {_exec_arg(os.path.abspath(config))}" if config else ""
+        listen = _configured_listen(config)
+    except (ValueError, ConfigError) as e:
+        print(f"batchd: cannot write the units for this installation: {e}", file=out)
         return 1
     if batchd_path and not os.access(batchd_path, os.X_OK):
         print(f"batchd: warning: {batchd_path} is not an executable file", file=out)
+    _warn_without_batchctl(exec_start, out)
     names = [n for n in UNIT_NAMES if socket_activation or n == "batchd.service"]
-    wanted = {name: render_unit(name, exec_start) for name in names}
+    wanted = {name: render_unit(name, exec_start, options=options, listen=listen) for name in names}
     try:
         current = {name: _read_existing(target / name) for name in names}
     except OSError as e:
@@ -390,6 +447,34 @@ def install_service(
         return 1
     _print_next_steps(target, socket_activation=socket_activation, wrote=wrote, out=out)
     return 0
+
+
+def _configured_listen(config: str | None) -> str:
+    """``ListenStream=`` for the ``socket`` the config file names, else batchd's default.
+    Only the file counts: the service does not see this shell's ``BATCHD_SOCKET``."""
+    from batchd.paths import default_config_path, read_toml
+
+    path = Path(os.path.abspath(config)) if config else default_config_path({})
+    value = read_toml(path, required=config is not None).get("socket")
+    if value is None:
+        return DEFAULT_LISTEN
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: socket: Expected a non-empty `str`")
+    return _listen_path(os.path.expanduser(value))
+
+
+def _warn_without_batchctl(exec_start: str, out: TextIO) -> None:
+    """ExecReload= needs the batchctl beside batchd; say so when it is not there."""
+    word = batchctl_word(exec_start)
+    if " -m " in word:
+        return
+    path = word.strip('"').replace("%%", "%")
+    if not os.access(path, os.X_OK):
+        print(
+            f"batchd: warning: {path} is missing, so `systemctl --user reload batchd` will "
+            "fail; install batchd and batchctl together (pip installs both)",
+            file=out,
+        )
 
 
 def _print_next_steps(target: Path, *, socket_activation: bool, wrote: bool, out: TextIO) -> None:

@@ -78,6 +78,7 @@ def show(engine: Engine, batch: Batch) -> shapes.Show:
     return {
         "batch": batch_item(engine, batch, _mean_duration(list(engine.batches.values()))),
         "feature_states": batch.feature_states(running),
+        "running": running_item(engine, slot) if slot is not None else None,
         "state": msgspec.to_builtins(batch.state),
         "retry": msgspec.to_builtins(batch.retry),
     }

@@ -33,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import scale
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -402,13 +404,22 @@ def bench_batchd_main(mode: Mode, root: Path, mark: str, backend: str) -> tuple[
         if not Path(python).exists():
             python = sys.executable
         floor_argv = [python, "-c", "import socket, json"]
-        samples = timed_runs({"status": argv, "floor": floor_argv}, d.env, mode.status_samples)
+        argvs = {
+            "status": argv,
+            "floor": floor_argv,
+            "version": [d.batchctl, "--version"],
+            "completion": [d.batchctl, "completion", "bash"],
+        }
+        samples = timed_runs(argvs, d.env, mode.status_samples)
         out["status_queued_features"] = mode.status_queued
         out["status_samples"] = mode.status_samples
         out["status_p50_ms"] = r(statistics.median(samples["status"]))
         out["status_p99_ms"] = r(pct(samples["status"], 99))
         out["floor_p50_ms"] = r(statistics.median(samples["floor"]))
         out["status_vs_floor"] = r(out["status_p50_ms"] / out["floor_p50_ms"])
+        for what in ("version", "completion"):
+            out[f"{what}_p50_ms"] = r(statistics.median(samples[what]))
+            out[f"{what}_vs_floor"] = r(out[f"{what}_p50_ms"] / out["floor_p50_ms"])
         d.call("cancel", batch_id=it["batch_id"])
         d.call("resume", all=True)
     except BaseException:
@@ -703,8 +714,10 @@ def bench_tsp(mode: Mode, root: Path, mark: str) -> tuple[Result | None, Tsp | N
             # A fresh server, started inside the traced tree by the first `tsp`.
             s = Tsp(exe, root / "strace", mark, 4 * n)
             try:
+                # The server is forked inside the traced tree, and strace -f waits for every
+                # traced process: end the server from inside the tree once the jobs are done.
                 calls = strace_tree(
-                    sh_loop(mode.strace_n, f"'{exe}' true", f"'{exe}' -w"),
+                    sh_loop(mode.strace_n, f"'{exe}' true", f"'{exe}' -w; '{exe}' -K"),
                     s.env,
                     root / "strace.txt",
                 )
@@ -795,9 +808,14 @@ def targets(b: Result, tsp: Result | None) -> dict[str, bool | None]:
         "save_10000<=3x_save_10": b["save_ratio"] <= 3,
         "status<=1.5x_floor": b["status_vs_floor"] <= 1.5,
         "watched_drain>=0.8x": b["watched_vs_drain"] >= 0.8,
+        "version_completion<=1.5x_floor": max(b["version_vs_floor"], b["completion_vs_floor"])
+        <= 1.5,
         "pickup<=100ms": b["pickup_p50_ms"] <= 100,
         "idle_rss<=40MB": b["idle_rss_mb"] <= 40,
         "idle_cpu_near_0": b["idle_cpu_pct"] <= 0.5,
+        "drain>=0.9x_floor": b["drain_vs_floor"] >= 0.9,
+        "slots2<=0.6x_slots1": b["slots2_vs_slots1"] <= 0.6,
+        "status_1000_finished<=1.2x_one": b["status_finished_ratio"] <= 1.2,
     }
 
 
@@ -863,6 +881,15 @@ def table(res: Result) -> str:
         ("status p99 ms", b["status_p99_ms"], tsp.get("status_p99_ms"), None, "", ""),
         ("floor: python -c 'import socket, json'", b["floor_p50_ms"], None, None, "", ""),
         (
+            "batchctl --version / completion bash p50 ms",
+            f"{f(b['version_p50_ms'])}/{f(b['completion_p50_ms'])}",
+            None,
+            None,
+            "<= 1.5x floor",
+            f"{verdict(t['version_completion<=1.5x_floor'])} "
+            f"{b['version_vs_floor']}x/{b['completion_vs_floor']}x",
+        ),
+        (
             "pickup p50 ms (submit returns->start)",
             b["pickup_p50_ms"],
             tsp.get("pickup_p50_ms"),
@@ -904,7 +931,60 @@ def table(res: Result) -> str:
             "",
             "",
         ),
+        (
+            f"floor features/s (bare loop, same writes, N={b['floor_n']})",
+            b["floor_fps"],
+            None,
+            None,
+            "",
+            "",
+        ),
+        (
+            "  drain / floor",
+            b["drain_vs_floor"],
+            None,
+            None,
+            ">= 0.9",
+            verdict(t["drain>=0.9x_floor"]),
+        ),
+        (
+            f"wall s, {b['slots_features']} x 1 s over 4 cwds, slots 1 / 2",
+            f"{f(b['slots1_wall_s'])}/{f(b['slots2_wall_s'])}",
+            None,
+            None,
+            "<= 0.6x",
+            f"{verdict(t['slots2<=0.6x_slots1'])} {b['slots2_vs_slots1']}x",
+        ),
+        (
+            "status p50 ms, 1 batch / 1,000 finished",
+            f"{f(b['status_one_batch_p50_ms'])}/{f(b['status_1000_finished_p50_ms'])}",
+            None,
+            None,
+            "<= 1.2x",
+            f"{verdict(t['status_1000_finished<=1.2x_one'])} {b['status_finished_ratio']}x",
+        ),
     ]
+    sl = res.get("slurm") or {}
+    if "submit_to_start_p50_ms" in sl:
+        rows += [
+            ("slurm: submit -> job start p50 ms", sl["submit_to_start_p50_ms"], None, None, "", ""),
+            (
+                "wall s, 16 x 2 s over 8 batches: slurm 8 slots",
+                sl["slurm_slots8_wall_s"],
+                None,
+                None,
+                "",
+                "",
+            ),
+            (
+                "  the same, local engine, slots 1 / 2",
+                f"{f(sl['local_slots1_wall_s'])}/{f(sl['local_slots2_wall_s'])}",
+                None,
+                None,
+                "",
+                "",
+            ),
+        ]
     w = (41, 10, 8, 8, 14)
     head = ("figure", "batchd", "tsp", "nq", "target", "verdict")
     lines = ["  ".join(h.ljust(n) for h, n in zip(head, (*w, 0), strict=True)).rstrip()]
@@ -932,7 +1012,7 @@ def terminate_as_exit() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run_bench(mode: Mode, backend: str, base: str | None) -> Result:
+def run_bench(mode: Mode, backend: str, base: str | None, slurm: bool = False) -> Result:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="batchd-bench-", dir=base) as tmp:
         root = Path(tmp)
@@ -966,6 +1046,13 @@ def run_bench(mode: Mode, backend: str, base: str | None) -> Result:
                 tsp = None
             b.update(bench_batchd_pickup(mode, root / "pickup", mark, backend))
             b.update(save_costs(root / "save", mode.save_writes))
+            b.update(scale.floor(root / "floor", mode.drain_n))
+            b["drain_vs_floor"] = r(b["drain_fps"] / b["floor_fps"], 3)
+            env = child_env(mark)
+            b.update(scale.slots(root / "slots", env, backend, mode.name == "quick"))
+            b.update(scale.status_finished(root / "finished", env, backend, mode.status_samples))
+            if slurm:
+                res["slurm"] = scale.slurm(root / "slurm", env, backend)
         finally:
             if daemon is not None:
                 daemon.stop()
@@ -1006,6 +1093,11 @@ def main() -> int:
     ap.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     ap.add_argument("--dir", help="parent of the private temp dir (default: the temp dir)")
     ap.add_argument(
+        "--slurm",
+        action="store_true",
+        help="also the Slurm figures in quick mode (full mode has them; root and slurm-wlm)",
+    )
+    ap.add_argument(
         "--profile",
         metavar="FILE",
         help="instead of the bench: cProfile the daemon over one drain into FILE",
@@ -1017,7 +1109,7 @@ def main() -> int:
             if args.profile:
                 run_profile(Path(args.profile).resolve(), mode.drain_n, args.backend, args.dir)
                 return 0
-            res = run_bench(mode, args.backend, args.dir)
+            res = run_bench(mode, args.backend, args.dir, slurm=args.slurm or not args.quick)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130

@@ -215,7 +215,7 @@ class Daemon:
         return self.ok("status")
 
     def ctl(
-        self, *args: str, input: str | None = None, timeout: float = 30
+        self, *args: str, input: str | None = None, timeout: float = 30, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "batchctl", *args],
@@ -224,7 +224,19 @@ class Daemon:
             text=True,
             input=input,
             timeout=timeout,
+            cwd=cwd,
         )
+
+    def ctl_background(self, *args: str, out: Path) -> subprocess.Popen[bytes]:
+        """batchctl running on its own: stdout in ``out``, stderr in ``out`` + ``.err``."""
+        with open(out, "wb") as stdout, open(f"{out}.err", "wb") as stderr:
+            return subprocess.Popen(
+                [sys.executable, "-m", "batchctl", *args],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
 
     # --- input and observation ---
 

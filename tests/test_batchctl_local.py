@@ -24,7 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchctl import cli
+from batchctl import render, submit
+from batchd import shapes
 from batchd.model import parse_iso
 from batchd.parse import Limits, parse_spool_file
 
@@ -227,18 +228,36 @@ def test_submit_twice_writes_two_requests(local: Local) -> None:
 
 
 def test_submit_cwd_rules(local: Local) -> None:
-    """--cwd is made absolute and wins over '# batchd: cwd', which wins over the caller's cwd."""
+    """--cwd is made absolute and wins over '# batchd: cwd', which wins over the caller's cwd;
+    submit prints the real directory the features run in."""
+    project = local.root / "project"
+    project.mkdir()
     plain = local.root / "plain.txt"
     plain.write_text("a\n")
     directive = local.root / "directive.txt"
-    directive.write_text("# batchd: cwd = /srv/project\nb\n")
+    directive.write_text(f"# batchd: cwd = {project}\nb\n")
     sub = local.root / "sub"
     sub.mkdir()
-    assert local.ctl("submit", str(plain), "--cwd", "sub", cwd=local.root).returncode == 0
-    assert local.ctl("submit", str(directive), cwd=sub).returncode == 0
+    (local.root / "link").symlink_to(sub)
+    out = local.ctl("submit", str(plain), "--cwd", "link", cwd=local.root)
+    assert out.returncode == 0 and f"runs in: {sub}\n" in out.stdout, out
+    out = local.ctl("submit", str(directive), cwd=sub)
+    assert out.returncode == 0 and f"runs in: {project}\n" in out.stdout, out
     assert local.ctl("submit", str(directive), "--cwd", str(sub)).returncode == 0
     cwds = sorted(json.loads(p.read_text())["cwd"] for p in local.spooled())
-    assert cwds == sorted([str(sub), "/srv/project", str(sub)])
+    assert cwds == sorted([str(local.root / "link"), str(project), str(sub)])
+
+
+def test_submit_refuses_a_directive_cwd_that_does_not_exist(local: Local) -> None:
+    """A '# batchd: cwd' naming no directory is refused like --cwd (exit 1, nothing written),
+    unless --cwd overrides it."""
+    directive = local.root / "directive.txt"
+    directive.write_text("# batchd: cwd = /nonexistent/project\nb\n")
+    out = local.ctl("submit", str(directive))
+    assert out.returncode == 1 and "/nonexistent/project" in out.stderr, out
+    assert "no such directory" in out.stderr and "directive.txt" in out.stderr
+    assert local.spooled() == []
+    assert local.ctl("submit", str(directive), "--cwd", str(local.root)).returncode == 0
 
 
 def test_submit_missing_cwd_is_refused(local: Local) -> None:
@@ -325,10 +344,12 @@ def test_submit_issues_cleans_titles(local: Local) -> None:
         "Issue #85: (no title)",
     ]
     assert request["cwd"] == str(local.root)
-    assert local.gh_calls() == [
+    assert sorted(local.gh_calls()) == sorted(
         ["issue", "view", n, "--json", "number,title", "--repo", "me/app"]
         for n in ("72", "8", "9", "84", "85")
-    ]
+    )
+    assert "fetching 5 issue titles with gh (4 at a time)" in out.stderr
+    assert "fetched Issue #72: Fix red login bug" in out.stderr
     parse_spool_file(path.name, path.read_bytes(), Limits())
 
 
@@ -351,7 +372,8 @@ def test_submit_issues_gh_failure_writes_nothing(local: Local, how: str, expect:
     assert out.returncode == 1, out
     assert "issue #6" in out.stderr and expect in out.stderr, out.stderr
     assert local.spooled() == []
-    assert [c[2] for c in local.gh_calls()] == ["5", "6"]  # stopped at the first failure
+    called = [c[2] for c in local.gh_calls()]
+    assert "6" in called and len(called) == len(set(called)) <= 3
 
 
 def test_submit_issues_gh_missing_names_first_issue(local: Local) -> None:
@@ -413,6 +435,7 @@ def test_submit_usage_errors(local: Local, args: list[str]) -> None:
 # --- exit codes of the daemon commands -----------------------------------------------------
 
 DAEMON_COMMANDS = [
+    [],
     ["status"],
     ["list"],
     ["ping"],
@@ -429,10 +452,18 @@ DAEMON_COMMANDS = [
     ["skip", GOOD_ID, "3"],
     ["reset-breaker", GOOD_ID],
     ["prune", "--older-than", "7"],
+    ["prune", "--dry-run"],
+    ["resume"],
+    ["reload"],
+    ["wait"],
+    ["wait", "3", "last", GOOD_ID, "--timeout", "5"],
+    ["list", "--ids"],
+    ["show", "7"],
+    ["logs", "last", "-n", "5", "--all"],
 ]
 
 
-@pytest.mark.parametrize("args", DAEMON_COMMANDS, ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("args", DAEMON_COMMANDS, ids=lambda a: " ".join(a) or "nothing")
 def test_no_daemon_exits_3_with_how_to_start(local: Local, args: list[str]) -> None:
     """With nothing listening, every daemon command exits 3, names the socket and how to start."""
     out = local.ctl(*args)
@@ -457,22 +488,28 @@ def test_global_options_before_and_after_the_command(local: Local) -> None:
     """--json and --socket work on either side of the command; the flag beats the environment."""
     other = local.root / "other.sock"
     for args in (
+        ["--socket", str(other), "status"],
+        ["status", "--socket", str(other)],
+    ):
+        out = local.ctl(*args)
+        assert out.returncode == 3 and str(other) in out.stderr, out
+    for args in (
         ["--json", "--socket", str(other), "status"],
         ["status", "--json", "--socket", str(other)],
     ):
         out = local.ctl(*args)
-        assert out.returncode == 3 and str(other) in out.stderr, out
+        error = json.loads(out.stdout)["error"]
+        assert out.returncode == 3 and str(other) in error["message"], out
+        assert error["code"] == "not_running" and out.stderr == ""
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        [],
         ["frobnicate"],
         ["show"],
         ["skip", GOOD_ID, "notanumber"],
         ["skip", GOOD_ID, "-1"],
-        ["resume"],
         ["resume", GOOD_ID, "--all"],
         ["consent", "--enable", "--disable"],
         ["prune", "--older-than", "soon"],
@@ -539,6 +576,117 @@ def test_daemon_commands_import_neither_anyio_nor_msgspec(local: Local) -> None:
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["codes"] == [3] * (len(argvs) - 1) + [1]
     assert result["heavy"] == []
+
+
+START_PROBE = """
+import json, sys
+floor = set(json.loads(sys.argv[1]))
+from batchctl.cli import main
+try:
+    main(json.loads(sys.argv[2]))
+except SystemExit as e:
+    code = e.code
+print()
+print(json.dumps({"code": code, "new": sorted(set(sys.modules) - floor)}))
+"""
+FAST = {
+    "argparse",
+    "gettext",
+    "batchctl",
+    "batchctl.cli",
+    "batchctl.commands",
+    "batchctl.render",
+    "batchctl.transport",
+    "batchd",
+    "batchd.paths",
+    "batchd.protocol",
+}
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "allowed"),
+    [
+        (["status"], 3, FAST),
+        (["--version"], 0, FAST),
+        (["completion", "bash"], 0, {*FAST, "batchctl.completion"}),
+    ],
+)
+def test_fast_commands_import_nothing_new(
+    local: Local, argv: list[str], code: int, allowed: set[str]
+) -> None:
+    """status, --version and completion load, beyond a bare `import socket, json`, only
+    argparse and batchctl's own modules: the split added no import to the start."""
+    floor = subprocess.run(
+        [sys.executable, "-c", "import json, socket, sys; print(json.dumps(sorted(sys.modules)))"],
+        env=local.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", START_PROBE, floor.stdout, json.dumps(argv)],
+        env=local.env,
+        cwd=local.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["code"] == code, out
+    assert set(result["new"]) <= allowed, set(result["new"]) - allowed
+
+
+def test_command_table_sends_exactly_the_protocol_commands() -> None:
+    """Every control command of protocol.COMMANDS is sent by some batchctl command, and
+    nothing else is (as the daemon's own table is checked in batchd/server.py)."""
+    from batchctl.cli import TABLE
+    from batchd.protocol import COMMANDS
+
+    assert {cmd for c in TABLE for cmd in c.sends} == set(COMMANDS)
+    assert len({c.name for c in TABLE}) == len(TABLE)
+
+
+BARRIER_GH = """#!{python}
+import json, os, sys, time
+argv = sys.argv[1:]
+number = argv[2]
+gate = os.environ["GH_GATE"]
+open(os.path.join(gate, number), "w").close()
+deadline = time.monotonic() + 20
+while len(os.listdir(gate)) < 2:  # a second call must be running at the same time
+    if time.monotonic() > deadline:
+        print("alone for 20 s", file=sys.stderr)
+        sys.exit(1)
+    time.sleep(0.01)
+print(json.dumps({{"number": int(number), "title": "title " + number}}))
+"""
+
+
+def test_submit_issues_fetches_titles_concurrently(local: Local) -> None:
+    """gh runs for several issues at once: each fake gh call waits until another one runs
+    (calls one at a time would all time out), and every fetched title is reported."""
+    gate = local.root / "gate"
+    gate.mkdir()
+    gh = local.bin / "gh"
+    gh.write_text(BARRIER_GH.format(python=sys.executable))
+    gh.chmod(0o755)
+    out = local.ctl(
+        "submit",
+        "--issues",
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        env={"GH_GATE": str(gate), "BATCHCTL_GH_TIMEOUT": "30"},
+    )
+    assert out.returncode == 0, out
+    assert "fetching 5 issue titles with gh (4 at a time)" in out.stderr
+    assert all(f"fetched Issue #{n}: title {n}" in out.stderr for n in range(1, 6))
+    [path] = local.spooled()
+    assert json.loads(path.read_text())["features"] == [
+        f"Issue #{n}: title {n}" for n in range(1, 6)
+    ]
 
 
 # --- consent ------------------------------------------------------------------------------
@@ -652,13 +800,13 @@ def test_submit_does_not_ask_when_the_environment_decides(local: Local) -> None:
 def test_clean_title(title: str, clean: str) -> None:
     """Issue titles come out as one printable line of at most 200 characters, a cut one
     ending in '...'."""
-    assert cli.clean_title(title) == clean
+    assert submit.clean_title(title) == clean
 
 
 @pytest.mark.parametrize("title", ["", " ", "\t\n\r\n", "\x1b[0m\x07", "\u2028\x00"])
 def test_blank_issue_title_reads_no_title(title: str) -> None:
     """Regression (was 'Issue #84:'): an empty or blank title reads 'Issue #N: (no title)'."""
-    assert cli.issue_feature(84, title) == "Issue #84: (no title)"
+    assert submit.issue_feature(84, title) == "Issue #84: (no title)"
 
 
 @settings(max_examples=300, deadline=None)
@@ -666,14 +814,14 @@ def test_blank_issue_title_reads_no_title(title: str) -> None:
 def test_any_title_fits_and_a_cut_one_says_so(title: str) -> None:
     """Any title becomes at most 200 printable characters; it is cut exactly when the one-line
     form is longer, and then ends in '...' after a prefix of that form."""
-    line = cli.one_line(title)
-    clean = cli.clean_title(title)
+    line = submit.one_line(title)
+    clean = submit.clean_title(title)
     assert len(clean) <= 200 and clean.isprintable() and clean == clean.strip()
     if len(line) <= 200:
         assert clean == line
     else:
         assert clean.endswith("...") and line.startswith(clean[:-3])
-    feature = cli.issue_feature(7, title)
+    feature = submit.issue_feature(7, title)
     assert feature == f"Issue #7: {clean or '(no title)'}"
     assert parse_spool_file("f.txt", feature.encode(), Limits()).features == [feature]
 
@@ -684,16 +832,16 @@ def test_any_title_fits_and_a_cut_one_says_so(title: str) -> None:
 )
 def test_parse_ts_agrees_with_the_daemon(iso: str) -> None:
     """batchctl's import-free timestamp parser gives what batchd.model.parse_iso gives."""
-    assert cli.parse_ts(iso) == pytest.approx(parse_iso(iso), abs=1e-6)
-    assert cli.parse_ts("not a time") is None
+    assert render.parse_ts(iso) == pytest.approx(parse_iso(iso), abs=1e-6)
+    assert render.parse_ts("not a time") is None
 
 
 NOW = parse_iso("2026-11-24T05:10:00.000000Z")
 LONG = "implement the whole thing " * 20
 
 
-def batch_item(**over: Any) -> dict[str, Any]:
-    item = {
+def batch_item(**over: Any) -> shapes.BatchItem:
+    item: shapes.BatchItem = {
         "batch_id": GOOD_ID,
         "name": "features with a rather long name.txt " * 3,
         "seq": 1,
@@ -713,34 +861,59 @@ def batch_item(**over: Any) -> dict[str, Any]:
         "created_at": "2026-11-24T05:06:53.123456Z",
         "updated_at": "2026-11-24T05:06:53.123456Z",
         "cwd": "/home/me/" + "deep/" * 30,
+        "workdir": "/home/me/" + "deep/" * 30,
         "source_type": "file",
     }
-    item.update(over)
+    item.update(over)  # type: ignore[typeddict-item]
     return item
 
 
-def status_result(**over: Any) -> dict[str, Any]:
-    st = {
-        "daemon": {"pid": 4321987, "version": "0.1.0", "backend": "asyncio", "uptime_s": 99999.0},
+def running_item(**over: Any) -> shapes.RunningItem:
+    item: shapes.RunningItem = {
+        "batch_id": GOOD_ID,
+        "seq": 1,
+        "name": "n",
+        "feature_index": 999,
+        "total_features": 1000,
+        "feature": LONG,
+        "attempt": 4,
+        "started_at": "2026-11-24T05:06:53.123456Z",
+        "pid": 1,
+        "job_id": None,
+        "job_state": None,
+        "log_path": "/x/1.log",
+    }
+    item.update(over)  # type: ignore[typeddict-item]
+    return item
+
+
+def status_result(**over: Any) -> shapes.Status:
+    running = [running_item()]
+    st: shapes.Status = {
+        "daemon": {
+            "pid": 4321987,
+            "version": "0.1.0",
+            "backend": "asyncio",
+            "engine": "local",
+            "uptime_s": 99999.0,
+        },
         "queue_paused": True,
         "pause_reason": "runner not found: " + LONG,
         "problems": [{"kind": "state_write", "message": LONG, "batch_id": GOOD_ID}],
         "retry_enabled": False,
-        "current": {
-            "batch_id": GOOD_ID,
-            "feature_index": 999,
-            "feature": LONG,
-            "attempt": 4,
-            "started_at": "2026-11-24T05:06:53.123456Z",
-            "total_features": 1000,
-            "pid": 1,
-        },
+        "slots": 1,
+        "running": running,
+        "current": running[0],
         "next_retry_at": None,
-        "waiting": None,
-        "batches": [batch_item(), batch_item(status="paused", pause_reason="cost_limit " + LONG)],
+        "finished_total": 0,
+        "batches": [
+            batch_item(),
+            batch_item(seq=2, status="paused", pause_reason="cost_limit " + LONG),
+        ],
         "total_cost_usd": 2469.1356,
+        "paths": {"config": "/c", "spool_dir": "/s", "state_dir": "/t", "socket": "/k"},
     }
-    st.update(over)
+    st.update(over)  # type: ignore[typeddict-item]
     return st
 
 
@@ -750,36 +923,70 @@ def assert_fits(text: str, width: int = 80) -> None:
 
 
 def test_status_output_fits_80_columns_and_says_it_all() -> None:
-    """Human status: daemon, pause and why, problems, running feature with elapsed, the table."""
-    text = cli.format_status(status_result(), NOW)
+    """Human status: daemon, pause and why, problems, running feature with elapsed, the table
+    with seq first."""
+    text = render.format_status(status_result(), NOW)
     assert_fits(text)
     assert "pid 4321987" in text and "asyncio" in text and "up 1d03h" in text
     assert "PAUSED: runner not found" in text and "problem: state_write" in text
-    assert "feature 1000/1000, attempt 4, 3m07s" in text and "#999: implement" in text
+    assert f"running: [1] {GOOD_ID}, attempt 4, 3m07s, pid 1\n" in text
+    assert "    feature 1000/1000 (index 999): implement the whole" in text
     assert "998/1/1000" in text and "$1234.57" in text and "OPEN" in text and "1d10h" in text
-    waiting = status_result(
-        current=None,
-        next_retry_at="2026-11-24T05:12:00.000000Z",
-        waiting={"batch_id": GOOD_ID, "feature_index": 3, "attempt": 2},
-    )
-    text = cli.format_status(waiting, NOW)
+    row = next(line for line in text.splitlines() if GOOD_ID in line and "998/1" in line)
+    assert row.split()[:2] == ["1", GOOD_ID]
+    waiting = status_result(running=[], current=None, next_retry_at="2026-11-24T05:12:00.000000Z")
+    text = render.format_status(waiting, NOW)
     assert_fits(text)
-    assert "waiting:" in text and "(in 2m00s)" in text
-    assert "no batches" in cli.format_status(status_result(batches=[], problems=[]), NOW)
+    assert f"waiting: [1] {GOOD_ID}, retry at " in text and "(in 2m00s)\n" in text
+    assert "    feature 1000/1000 (index 999)\n" in text
+    assert "no batches" in render.format_status(status_result(batches=[], problems=[]), NOW)
+
+
+def test_status_shows_every_running_feature_and_the_finished_count() -> None:
+    """Two slots: both running features are shown; finished batches beyond the 20 shown are
+    counted, with where to see them all."""
+    two = [running_item(), running_item(seq=2, batch_id=GOOD_ID[:-1] + "7", feature="second")]
+    st = status_result(
+        slots=2,
+        running=two,
+        current=two[0],
+        queue_paused=False,
+        finished_total=57,
+        batches=[batch_item(status="completed", seq=n) for n in range(1, 21)],
+    )
+    text = render.format_status(st, NOW)
+    assert_fits(text)
+    assert "queue: running, 2 slots" in text
+    assert f"running: [2] {GOOD_ID[:-1]}7, attempt 4" in text
+    assert "    feature 1000/1000 (index 999): second" in text
+    assert "20 of 57 finished batches shown; `batchctl list` has all" in text
 
 
 def test_list_and_progress_lines_fit() -> None:
-    """list rows fit 80 columns; the watch line stays under 80 so \\r can rewrite it."""
-    assert_fits(cli.format_list([batch_item(), batch_item(status="completed")]))
-    line = cli.progress_line(status_result(), NOW)
-    assert len(line) < 80 and line.startswith(f"{GOOD_ID} 1000/1000 3m07s eta 1d10h: implement")
-    waiting = cli.progress_line(
+    """list rows fit the width given; the watch line stays under 80 so \\r can rewrite it."""
+    items = [batch_item(), batch_item(status="completed")]
+    assert_fits(render.format_list(items, 80))
+    wide = render.format_list(items, 200)
+    assert_fits(wide, 200)
+    assert ("features with a rather long name.txt " * 3).strip() in wide
+    line = render.progress_line(status_result(), NOW)
+    assert len(line) < 80 and line.startswith(f"[1] {GOOD_ID} 1000/1000 3m07s eta 1d10h: implement")
+    waiting = render.progress_line(
         status_result(
-            current=None, queue_paused=False, next_retry_at="2026-11-24T05:12:00.000000Z"
+            running=[],
+            current=None,
+            queue_paused=False,
+            next_retry_at="2026-11-24T05:12:00.000000Z",
         ),
         NOW,
     )
-    assert waiting.startswith("waiting 2m00s")
+    assert waiting.startswith(f"waiting 2m00s to retry [1] {GOOD_ID}")
+    two = render.progress_line(
+        status_result(running=[running_item(), running_item(seq=2, feature_index=0)]), NOW
+    )
+    assert (
+        len(two) < 80 and two.startswith("2 running: [1] 1000/1000 3m07s") and "[2] 1/1000" in two
+    )
 
 
 def test_show_lists_every_feature_with_its_status_and_cost() -> None:
@@ -798,7 +1005,7 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
         }
 
     state = {
-        "features": ["done one", "broken " + LONG, "skipped one", "running one", "later"],
+        "features": ["done one", "broken " + LONG, "skipped one", "running one", "later", "gone"],
         "completed_features": [0],
         "failed_features": [{"feature_index": 1, "error_message": "TypeError: " + LONG}],
         "skipped_features": [2],
@@ -813,13 +1020,26 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
         "cwd": None,
         "source_type": "file",
     }
-    result = {
-        "batch": batch_item(total_features=5, completed=1, failed=1, skipped=1, cost_usd=1.0),
+    result: shapes.Show = {
+        "batch": batch_item(
+            total_features=6, completed=1, failed=1, skipped=1, cost_usd=1.0, workdir="/real/dir"
+        ),
+        "feature_states": ["completed", "failed", "skipped", "running", "pending", "cancelled"],
+        "running": running_item(
+            feature_index=3,
+            total_features=6,
+            attempt=1,
+            pid=None,
+            job_id="4711",
+            job_state="RUNNING",
+        ),
         "state": state,
         "retry": {"global_retry_count": 1, "circuit_breaker_open": False},
     }
-    text = cli.format_show(result, NOW)
+    text = render.format_show(result, NOW, 80)
+    assert "running: feature 4/6 (index 3), attempt 1, 3m07s, job 4711 RUNNING" in text
     assert_fits(text)
+    assert "runs in: /real/dir" in text and text.startswith(f"[1] {GOOD_ID}")
     rows = {
         line.split()[0]: line.split() for line in text.splitlines() if line[:4].strip().isdigit()
     }
@@ -828,5 +1048,23 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
     assert rows["2"][1:3] == ["skipped", "0"]
     assert rows["3"][1:4] == ["running", "1", "1m00s"]
     assert rows["4"][1:3] == ["pending", "0"]
+    assert rows["5"][1:3] == ["cancelled", "0"]
     assert "error: TypeError: implement" in text
     assert text.splitlines()[-1].split()[-1] == "$1.00"
+    wide = render.format_show(result, NOW, 700)
+    assert ("broken " + LONG).strip() in wide
+
+
+@pytest.mark.parametrize(
+    ("n", "noun", "text"),
+    [
+        (1, "feature", "1 feature"),
+        (2, "feature", "2 features"),
+        (1, "batch", "1 batch"),
+        (0, "batch", "0 batches"),
+        (3, "slot", "3 slots"),
+    ],
+)
+def test_plural(n: int, noun: str, text: str) -> None:
+    """Regression ('1 features'): counts agree with their noun."""
+    assert render.plural(n, noun) == text

@@ -674,3 +674,10 @@ def test_secret_split_by_escapes_is_still_redacted() -> None:
     assert sanitize("ghp_0123\x1b[0m456789abcdef") == "[REDACTED]"
     assert sanitize("\x1b[33mghp_0123456789abcdef\x1b[0m") == "[REDACTED]"
     assert sanitize("sk-ant-\x00abcdefghijkl") == "[REDACTED]"
+
+
+def test_a_timeout_names_the_limit() -> None:
+    """A timed-out attempt's message says which limit it hit, and where that is set."""
+    c = Classifier.build(timeout_s=7200)
+    v = c.judge(RawResult(exit_code=None, timed_out=True), "auto")
+    assert (v.outcome, v.message) == ("timed_out", "timed out after 7200 s (runner.timeout)")

@@ -7,6 +7,7 @@ environment dict; nothing reads the user's own configuration.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -315,11 +316,19 @@ def test_empty_batchd_runner_means_unset(tmp_path: Path) -> None:
             "[runner]\nmax_log_bytes = 10\n", "runner.max_log_bytes", ">= 1024", id="log-bytes"
         ),
         pytest.param(
-            "[breaker]\non_open = 'explode'\n", "breaker.on_open", "Invalid enum", id="enum"
+            "[breaker]\non_open = 'explode'\n",
+            "breaker.on_open",
+            "not one of continue, pause",
+            id="enum",
         ),
-        pytest.param("[retry]\njitter = 'half'\n", "retry.jitter", "Invalid enum", id="jitter"),
         pytest.param(
-            "[runner]\noutput_format = 'xml'\n", "runner.output_format", "Invalid", id="format"
+            "[retry]\njitter = 'half'\n", "retry.jitter", "not one of full, none", id="jitter"
+        ),
+        pytest.param(
+            "[runner]\noutput_format = 'xml'\n",
+            "runner.output_format",
+            "not one of auto",
+            id="format",
         ),
         pytest.param("runner = 5\n", "runner", "Expected object", id="table-as-int"),
         pytest.param(
@@ -355,7 +364,9 @@ def test_empty_batchd_runner_means_unset(tmp_path: Path) -> None:
         pytest.param("spool_dir = 3\n", "spool_dir", "Expected a non-empty", id="path-type"),
         pytest.param("socket = ''\n", "socket", "Expected a non-empty", id="path-empty"),
         pytest.param("[hooks]\ntimeout = true\n", "hooks.timeout", "Expected float", id="bool"),
-        pytest.param("[runner]\nengine = 'k8s'\n", "runner.engine", "Invalid enum", id="engine"),
+        pytest.param(
+            "[runner]\nengine = 'k8s'\n", "runner.engine", "not one of local, slurm", id="engine"
+        ),
         pytest.param("[slurm]\npoll_interval = 0\n", "slurm.poll_interval", "> 0", id="poll-zero"),
         pytest.param(
             "[slurm]\nsbatch_args = '-p x'\n", "slurm.sbatch_args", "Expected array", id="args-str"
@@ -446,3 +457,22 @@ def test_every_hook_is_checked_for_placeholders() -> None:
         with pytest.raises(ConfigError, match=rf": hooks\.{name}\[0\]: unknown placeholder"):
             decode_file_config({"hooks": {name: ["{nope}"]}}, "c.toml")
         decode_file_config({"hooks": {name: ["jq", "{{.x}}", "{batch_id}"]}}, "c.toml")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"runner": {"output_format": "json"}},
+            "runner.output_format: 'json' is not one of auto, text, claude-json",
+        ),
+        ({"retry": {"jitter": "some"}}, "retry.jitter: 'some' is not one of full, none"),
+        ({"runner": {"engine": "k8s"}}, "runner.engine: 'k8s' is not one of local, slurm"),
+        ({"breaker": {"on_open": "stop"}}, "breaker.on_open: 'stop' is not one of continue, pause"),
+    ],
+)
+def test_a_wrong_choice_lists_the_valid_ones(raw: dict[str, Any], message: str) -> None:
+    """A value that is not one of a key's choices names the key and every valid choice."""
+    with pytest.raises(ConfigError) as e:
+        decode_file_config(raw, "c.toml")
+    assert str(e.value) == f"c.toml: {message}"

@@ -149,7 +149,7 @@ def test_audit_is_durable_before_the_state_that_applies_it(make_daemon: MakeDaem
     """A kill between the audit append and the state write: the audit holds the decision,
     the state does not; after the restart the attempt runs again and is audited again."""
     d = make_daemon(
-        config="[retry]\nbackoff_initial = 0.05\njitter = \"none\"\n",
+        config='[retry]\nbackoff_initial = 0.05\njitter = "none"\n',
         env={"BATCH_RETRY_ENABLED": "true"},
     )
     d.start(env={"BATCHD_FAILPOINTS": "after_audit_write"})
@@ -170,3 +170,29 @@ def test_audit_is_durable_before_the_state_that_applies_it(make_daemon: MakeDaem
     decisions = [e for e in d.audit(state["batch_id"]) if e["event_type"] == "retry_decision"]
     assert len(decisions) == 2 and all(e["retry_count"] == 1 for e in decisions)
     assert d.retry_state(state["batch_id"])["retry_counts"] == {"0": 1}
+
+
+def test_an_interrupted_attempt_runs_again_into_its_log_after_a_separator(
+    make_daemon: MakeDaemon,
+) -> None:
+    """After a kill -9 mid-run, the attempt runs again with the same number and appends to
+    the same log, after a line saying so."""
+    d = make_daemon()
+    d.start()
+    d.drop("l.txt", ["chatty stdout=first_run sleep=60"])
+    d.wait_for(lambda: [r for r in d.agent_runs() if r["event"] == "start"], what="start")
+    [state] = d.wait_for(
+        lambda: d.batch_states() if d.batch_states()[0]["processing_history"] else None,
+        what="attempt",
+    )
+    log = d.state / "batches" / state["batch_id"] / "logs" / "0.1.log"
+    d.wait_for(lambda: log.exists() and "first run" in log.read_text(), what="output")
+    d.kill9()
+    d.start()
+    d.wait_for(lambda: log.read_text().count("first run") == 2, what="the second run's output")
+    d.ok("skip", batch_id=state["batch_id"], index=0)  # stop the second run: enough seen
+    d.wait_finished(1)
+    text = log.read_text()
+    assert text.count("first run") == 2
+    assert "the interrupted attempt runs again from here" in text
+    assert text.index("runs again from here") < text.rindex("first run")

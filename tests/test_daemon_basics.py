@@ -254,7 +254,7 @@ def test_log_cap_keeps_head_and_tail(make_daemon: MakeDaemon) -> None:
 def test_a_bad_reload_keeps_the_old_config_and_says_so(make_daemon: MakeDaemon) -> None:
     """SIGHUP with a bad config, then with the file deleted: the old config stays in force,
     the log says why at error level, and status shows it under problems until a good reload."""
-    d = make_daemon(config="[runner.env]\nMARK = \"old\"\n")
+    d = make_daemon(config='[runner.env]\nMARK = "old"\n')
     d.start()
     assert d.proc is not None
     good = d.config_path.read_text()

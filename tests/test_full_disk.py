@@ -60,10 +60,14 @@ def test_a_full_disk_while_the_agent_writes_its_log_stops_nothing(
     [state] = d.wait_finished(1, timeout=60)
     assert d.proc.poll() is None
     assert state["status"] == "completed"
-    done = Counter(h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed")
+    done = Counter(
+        h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed"
+    )
     assert done == {0: 1, 1: 1, 2: 1}
     runs = Counter(r["feature"] for r in d.agent_runs() if r["event"] == "start")
     assert all(n == 1 for n in runs.values()), runs
-    sizes = sorted(p.stat().st_size for p in (d.state / "batches" / state["batch_id"] / "logs").iterdir())
+    sizes = sorted(
+        p.stat().st_size for p in (d.state / "batches" / state["batch_id"] / "logs").iterdir()
+    )
     assert sizes[0] < MIB <= sizes[-1]  # one log was cut, a later one is whole
     d.wait_for(lambda: d.status()["problems"] == [], what="the problems cleared")

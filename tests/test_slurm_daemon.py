@@ -229,8 +229,8 @@ def test_a_bad_partition_pauses_the_queue_naming_sbatch(slurm: Callable[..., Dae
 
 
 def test_status_show_and_watch_carry_the_job(slurm: Callable[..., Daemon], tmp_path: Path) -> None:
-    """While a job runs, show's state has its job id, and watch's status events carry the
-    job id and the Slurm state of the running feature."""
+    """While a job runs, status, show and watch carry its job id and Slurm state, in the
+    replies and in batchctl's words."""
     d = slurm()
     go = d.root / "go"
     d.start()
@@ -242,6 +242,10 @@ def test_status_show_and_watch_carry_the_job(slurm: Callable[..., Daemon], tmp_p
     shown = d.ok("show", batch_id=item["batch_id"])
     assert shown["state"]["processing_history"][-1]["job_id"] == item["job_id"]
     assert shown["feature_states"][0] == "running"
+    assert shown["running"]["job_id"] == item["job_id"]
+    for command in ("status", "show"):
+        out = d.ctl(command, *([] if command == "status" else ["last"])).stdout
+        assert f"job {item['job_id']} RUNNING" in out, out
     import json
     import socket
 

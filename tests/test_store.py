@@ -258,7 +258,8 @@ def test_state_encoder_gives_the_plain_encoding_at_every_step() -> None:
 
     from batchd.batch import Batch, Settings
     from batchd.classify import Verdict
-    from batchd.store import StateEncoder, encode
+    from batchd.stateenc import StateEncoder
+    from batchd.store import encode
 
     rng = random.Random(5)
     state = make_state(n=40)

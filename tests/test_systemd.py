@@ -59,7 +59,9 @@ def test_notify_sequence_ready_status_watchdog_stopping(
     }
     assert first["READY=1"] < first["STATUS="] or first["READY=1"] <= first["STATUS="] + 1
     assert first["READY=1"] < first["WATCHDOG=1"] < first["STOPPING=1"]
-    assert any(x.startswith("STATUS=1 running (1 slots): batch-") and "1/1: one" in x for x in lines)
+    assert any(
+        x.startswith("STATUS=1 running (1 slots): batch-") and "1/1: one" in x for x in lines
+    )
 
 
 def test_ready_only_after_orphan_is_gone(
@@ -186,8 +188,9 @@ def test_install_service_and_verify(tmp_path: Path) -> None:
     unit_dir = tmp_path / "units"
     exe = tmp_path / "bin" / "batchd"
     exe.parent.mkdir()
-    exe.write_text("#!/bin/sh\nexit 0\n")
-    exe.chmod(0o755)
+    for stand_in in (exe, exe.with_name("batchctl")):
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
     out = io.StringIO()
     assert (
         install_service(

@@ -33,14 +33,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
+def stand_ins(bindir: Path) -> Path:
+    """Executable stand-ins for an installed batchd and the batchctl beside it."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name in ("batchd", "batchctl"):
+        (bindir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bindir / name).chmod(0o755)
+    return bindir / "batchd"
+
+
 @pytest.fixture
 def exe(tmp_path: Path) -> Path:
-    """An executable stand-in for the installed batchd."""
-    path = tmp_path / "venv" / "bin" / "batchd"
-    path.parent.mkdir(parents=True)
-    path.write_text("#!/bin/sh\nexit 0\n")
-    path.chmod(0o755)
-    return path
+    """An executable stand-in for the installed batchd (with its batchctl)."""
+    return stand_ins(tmp_path / "venv" / "bin")
 
 
 @pytest.fixture
@@ -51,14 +56,22 @@ def umask_077() -> Iterator[None]:
     os.umask(old)
 
 
-def install(unit_dir: Path, exe: Path | str, **kw: bool) -> tuple[int, str]:
+def install(
+    unit_dir: Path,
+    exe: Path | str,
+    *,
+    socket_activation: bool = False,
+    force: bool = False,
+    config: Path | None = None,
+) -> tuple[int, str]:
     """install_service into unit_dir; (exit code, printed text)."""
     out = io.StringIO()
     code = install_service(
-        socket_activation=kw.get("socket_activation", False),
-        force=kw.get("force", False),
+        socket_activation=socket_activation,
+        force=force,
         unit_dir=unit_dir,
         batchd_path=str(exe),
+        config=None if config is None else str(config),
         out=out,
     )
     return code, out.getvalue()
@@ -123,15 +136,13 @@ def test_verify_catches_a_missing_executable(tmp_path: Path, home: Path) -> None
 @needs_analyze
 def test_a_path_with_spaces_and_percent_is_quoted_for_systemd(tmp_path: Path, home: Path) -> None:
     """A batchd under "my tools%1/" gets a quoted, %-escaped ExecStart that systemd accepts."""
-    odd = tmp_path / "my tools%1" / "batchd"
-    odd.parent.mkdir()
-    odd.write_text("#!/bin/sh\nexit 0\n")
-    odd.chmod(0o755)
+    odd = stand_ins(tmp_path / "my tools%1")
     unit_dir = home / "units"
     code, _ = install(unit_dir, odd)
     assert code == 0
     service = (unit_dir / "batchd.service").read_text()
     assert f'ExecStart="{tmp_path}/my tools%%1/batchd" run' in service.splitlines()
+    assert f'ExecReload="{tmp_path}/my tools%%1/batchctl" reload' in service.splitlines()
     proc = analyze_verify(tmp_path, unit_dir / "batchd.service")
     assert (proc.returncode, proc.stderr) == (0, "")
 
@@ -148,6 +159,7 @@ def test_python_m_batchd_fallback_verifies(
     assert install_service(socket_activation=False, force=False, unit_dir=unit_dir, out=out) == 0
     service = directives((unit_dir / "batchd.service").read_text())
     assert service["ExecStart"] == f"{os.path.abspath(sys.executable)} -m batchd run"
+    assert service["ExecReload"] == f"{os.path.abspath(sys.executable)} -m batchctl reload"
     proc = analyze_verify(tmp_path, unit_dir / "batchd.service")
     assert (proc.returncode, proc.stderr) == (0, "")
 
@@ -315,13 +327,19 @@ def test_every_directive_is_explained(name: str) -> None:
             assert before.startswith("#"), line
 
 
-def test_template_placeholder_is_only_on_exec_start() -> None:
-    """The ExecStart placeholder appears once per template that has it, on ExecStart= only."""
-    service = render_unit("batchd.service", systemd.EXEC_PLACEHOLDER).splitlines()
-    assert [line for line in service if systemd.EXEC_PLACEHOLDER in line] == [
-        f"ExecStart={systemd.EXEC_PLACEHOLDER} run"
-    ]
-    assert systemd.EXEC_PLACEHOLDER not in render_unit("batchd.socket", "")
+def test_template_placeholders_are_only_where_they_belong() -> None:
+    """Each placeholder appears once, on its directive: ExecStart=, ExecReload=, ListenStream=."""
+    for name, directive, placeholder in (
+        ("batchd.service", "ExecStart=", systemd.EXEC_PLACEHOLDER),
+        ("batchd.service", "ExecReload=", systemd.RELOAD_PLACEHOLDER),
+        ("batchd.socket", "ListenStream=", systemd.LISTEN_PLACEHOLDER),
+    ):
+        template = (REPO / "batchd" / "units" / name).read_text().splitlines()
+        [line] = [line for line in template if placeholder in line]
+        assert line.startswith(directive), line
+        assert all(
+            p not in render_unit(name, "/x/batchd") for p in ("@BATCHD@", "@BATCHCTL@", "@LISTEN@")
+        )
 
 
 def test_service_unit_has_what_the_spec_asks() -> None:
@@ -332,7 +350,7 @@ def test_service_unit_has_what_the_spec_asks() -> None:
         "Type": "notify",
         "NotifyAccess": "main",
         "ExecStart": "/x/batchd run",
-        "ExecReload": "/bin/kill -HUP $MAINPID",
+        "ExecReload": "/x/batchctl reload",
         "Restart": "on-failure",
         "RestartSec": "5",
         "RestartPreventExitStatus": "78",
@@ -371,3 +389,106 @@ def test_socket_unit_has_what_the_spec_asks(
     (tmp_path / "none.toml").write_text("")
     expected = d["ListenStream"].replace("%t", str(runtime))
     assert resolve_socket(os.environ) == Path(expected)
+
+
+# --- install-service --config, a configured socket, and ExecReload ---------------------------
+
+
+def test_install_passes_config_to_exec_start_and_exec_reload(home: Path, exe: Path) -> None:
+    """--config (made absolute, %, $ and spaces escaped) goes to ExecStart and ExecReload."""
+    odd = home / "my conf%1$x" / "batchd.toml"
+    odd.parent.mkdir()
+    odd.write_text("")
+    code, text = install(home / "units", exe, config=odd)
+    assert code == 0, text
+    d = directives((home / "units" / "batchd.service").read_text())
+    word = f'"{home}/my conf%%1$$x/batchd.toml"'
+    assert d["ExecStart"] == f"{exe} --config {word} run"
+    assert d["ExecReload"] == f"{exe.with_name('batchctl')} --config {word} reload"
+
+
+@needs_analyze
+def test_units_with_config_and_socket_pass_verify(tmp_path: Path, home: Path, exe: Path) -> None:
+    """Units written for a --config that names a socket still verify without a warning."""
+    config = home / "custom.toml"
+    config.write_text(f'socket = "{home}/sock.sock"\n')
+    unit_dir = home / ".config" / "systemd" / "user"
+    code, text = install(unit_dir, exe, socket_activation=True, config=config)
+    assert code == 0, text
+    assert directives((unit_dir / "batchd.socket").read_text())["ListenStream"] == (
+        f"{home}/sock.sock"
+    )
+    proc = analyze_verify(tmp_path, unit_dir / "batchd.service", unit_dir / "batchd.socket")
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def test_configured_socket_goes_into_listen_stream(home: Path, exe: Path) -> None:
+    """The default config file's `socket` (~ expanded) is the socket unit's ListenStream."""
+    config_dir = home / ".config" / "batchd"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text('socket = "~/run/ctl%.sock"\n')
+    code, text = install(home / "units", exe, socket_activation=True)
+    assert code == 0, text
+    listen = directives((home / "units" / "batchd.socket").read_text())["ListenStream"]
+    assert listen == f"{home}/run/ctl%%.sock"
+
+
+@pytest.mark.parametrize(
+    ("socket_value", "expect"),
+    [("relative.sock", "not an absolute path"), ("/tmp/a b.sock", "white space")],
+)
+def test_a_socket_systemd_cannot_listen_on_is_refused(
+    home: Path, exe: Path, socket_value: str, expect: str
+) -> None:
+    """A configured socket that cannot be a ListenStream=: exit 1, the reason, nothing written."""
+    config = home / "c.toml"
+    config.write_text(f'socket = "{socket_value}"\n')
+    code, text = install(home / "units", exe, socket_activation=True, config=config)
+    assert code == 1 and expect in text
+    assert not (home / "units").exists()
+
+
+def test_a_missing_config_given_to_install_is_an_error(home: Path, exe: Path) -> None:
+    """--config naming no file: exit 1 naming it (the service would fail to start)."""
+    missing = home / "missing.toml"
+    code, text = install(home / "units", exe, config=missing)
+    assert code == 1 and str(missing) in text
+
+
+def test_install_warns_when_batchctl_is_not_beside_batchd(tmp_path: Path, home: Path) -> None:
+    """ExecReload= needs the batchctl beside batchd: its absence is pointed out."""
+    lone = tmp_path / "lone" / "batchd"
+    lone.parent.mkdir()
+    lone.write_text("#!/bin/sh\nexit 0\n")
+    lone.chmod(0o755)
+    code, text = install(home / "units", lone)
+    assert code == 0
+    assert f"{lone.with_name('batchctl')} is missing" in text and "reload" in text
+
+
+def test_no_documentation_placeholder() -> None:
+    """The units carry no Documentation= line (there was a placeholder URL once)."""
+    for name in UNITS:
+        assert "Documentation=" not in render_unit(name, "/x/batchd")
+
+
+def test_batchd_install_service_cli_honours_config(tmp_path: Path, home: Path) -> None:
+    """`batchd --config PATH install-service` (a real process) writes PATH into ExecStart."""
+    config = home / "custom.toml"
+    config.write_text("")
+    for argv in (
+        ["--config", str(config), "install-service"],
+        ["install-service", "--config", str(config)],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchd", *argv, "--force"],
+            env={**os.environ, "HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        unit = home / ".config" / "systemd" / "user" / "batchd.service"
+        d = directives(unit.read_text())
+        assert d["ExecStart"].endswith(f" --config {config} run")
+        assert d["ExecReload"].endswith(f" --config {config} reload")

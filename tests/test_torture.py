@@ -205,7 +205,9 @@ def kill_storm(d: Daemon, kills: int, seed: int) -> None:
     for f in (d.state / "batches").glob("*/*.json"):
         json.loads(f.read_bytes())  # never unreadable
     assert not list((d.state / "batches").glob("*/*.corrupt-*"))
-    assert not [p for p in d.spool.iterdir() if p.name not in ("rejected", ".claimed", ".batchd.lock")]
+    assert not [
+        p for p in d.spool.iterdir() if p.name not in ("rejected", ".claimed", ".batchd.lock")
+    ]
     assert not list((d.spool / ".claimed").iterdir())
     assert_no_overlap(d)
 
@@ -252,9 +254,7 @@ def test_kill_storm_inside_a_pid_namespace(make_daemon: MakeDaemon) -> None:
     probe = subprocess.run([*prefix, "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a PID namespace here: {probe.stderr.strip()}")
-    d = make_daemon(
-        runner=["/bin/true", "{feature}"], config="[spool]\nsettle_ms = 50\n"
-    )
+    d = make_daemon(runner=["/bin/true", "{feature}"], config="[spool]\nsettle_ms = 50\n")
     rng = random.Random(int(os.environ.get("BATCHD_TORTURE_SEED", "5")))
     d.start(prefix=prefix)
     d.drop("many.txt", [f"f{i}" for i in range(1000)])
@@ -270,7 +270,9 @@ def test_kill_storm_inside_a_pid_namespace(make_daemon: MakeDaemon) -> None:
     [state] = d.wait_finished(1, timeout=120)
     assert state["status"] == "completed", state["status"]
     assert sorted(state["completed_features"]) == list(range(1000))
-    done = Counter(h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed")
+    done = Counter(
+        h["feature_index"] for h in state["processing_history"] if h["outcome"] == "completed"
+    )
     assert set(done.values()) == {1}
     assert d.status()["problems"] == []
     assert not list(d.state.rglob(".*.tmp")) and not list(d.state.rglob("*.corrupt-*"))
