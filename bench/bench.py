@@ -357,6 +357,16 @@ def bench_batchd_main(mode: Mode, root: Path, mark: str, backend: str) -> tuple[
         # The same drain without ingestion: queued while paused, clock from `resume`.
         secs, _ = d.drain(mode.drain_n, paused_first=True)
         out["drain_fps"] = round(mode.drain_n / secs, 1)
+        # Again with 5 watch clients that never read (tests/test_server.py proves the queue
+        # never waits for them; this measures what they cost).
+        watchers = silent_watchers(d.sock, 5)
+        try:
+            secs, _ = d.drain(mode.drain_n, paused_first=True)
+        finally:
+            for s in watchers:
+                s.close()
+        out["drain_watched_fps"] = round(mode.drain_n / secs, 1)
+        out["watched_vs_drain"] = r(out["drain_watched_fps"] / out["drain_fps"])
 
         # fsync + fdatasync per feature, strace attached to every thread of the daemon over
         # a separate drain (strace slows every syscall: not used for throughput).
@@ -416,6 +426,18 @@ def bench_batchd_main(mode: Mode, root: Path, mark: str, backend: str) -> tuple[
         d.stop()
         raise
     return out, d
+
+
+def silent_watchers(path: Path, n: int) -> list[socket.socket]:
+    """n ``watch`` clients with a small receive buffer that never read a byte."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(str(path))
+        s.sendall(b'{"v":1,"id":1,"cmd":"watch","args":{}}\n')
+        socks.append(s)
+    return socks
 
 
 def traced(pid: int) -> bool:
@@ -785,6 +807,7 @@ def targets(b: Result, tsp: Result | None) -> dict[str, bool | None]:
         "fsyncs_per_feature>=2": None if fs is None else fs >= 2,
         "save_10000<=3x_save_10": b["save_ratio"] <= 3,
         "status<=1.5x_floor": b["status_vs_floor"] <= 1.5,
+        "watched_drain>=0.8x": b["watched_vs_drain"] >= 0.8,
         "version_completion<=1.5x_floor": max(b["version_vs_floor"], b["completion_vs_floor"])
         <= 1.5,
         "pickup<=100ms": b["pickup_p50_ms"] <= 100,
@@ -830,6 +853,14 @@ def table(res: Result) -> str:
             nq.get("drain_fps"),
             "",
             f"tsp N={tsp.get('drain_n', '-')}",
+        ),
+        (
+            "  drain with 5 silent watch clients",
+            b["drain_watched_fps"],
+            None,
+            None,
+            ">= 0.8x drain",
+            f"{verdict(t['watched_drain>=0.8x'])} {b['watched_vs_drain']}x",
         ),
         (
             "fsync+fdatasync per feature",

@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.harness import Daemon
 from tests.slurm_cluster import slurm_cluster as slurm_cluster
+
+# A busy machine makes generating examples slow; that says nothing about the code under test.
+settings.register_profile("batchd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("batchd")
 
 
 @pytest.fixture(params=["asyncio", "trio"])

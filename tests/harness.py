@@ -29,6 +29,16 @@ def agent_command(*extra: str) -> list[str]:
     return [sys.executable, str(FAKE_AGENT), "{feature}", *extra]
 
 
+def alive(pid: int) -> bool:
+    """Is ``pid`` a live process (neither gone nor a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    return raw[raw.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
 def toml_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
@@ -129,7 +139,7 @@ class Daemon:
         if wait:
             self.wait_ready()
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None

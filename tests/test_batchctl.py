@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -94,27 +95,58 @@ def test_control_commands(make_daemon: MakeDaemon) -> None:
     assert ctl_json(d, "list")["batches"] == []
 
 
-def test_logs_and_watch(make_daemon: MakeDaemon) -> None:
-    """logs prints an attempt's output; watch prints progress lines and stops on Ctrl-C."""
+def read_until(proc: subprocess.Popen[bytes], text: str, timeout: float = 60) -> bytes:
+    """What ``proc`` printed on stdout up to and including ``text`` (it keeps running)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    out = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in out:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {text!r} within {timeout}s; got {out!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stdout closed before {text!r}; got {out!r}"
+            out += chunk
+    return out
+
+
+def test_logs_and_watch(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    """logs follows an attempt's output until it ends; watch prints the running feature's
+    progress line and stops on Ctrl-C with exit 0."""
     d = make_daemon()
     d.start()
-    d.drop("l.txt", ["talk stdout=hi_there sleep=1.5"])
-    d.wait_for(lambda: d.status()["current"], what="running")
+    go = tmp_path / "go"
+    d.drop("l.txt", [f"talk stdout=hi_there wait={go}"])  # runs until the test lets it end
+    bid = d.wait_for(lambda: (c := d.status()["current"]) and c["batch_id"], what="running")
     watch = subprocess.Popen(
         [sys.executable, "-m", "batchctl", "watch"],
         env=d.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
-    follow = d.ctl("logs", d.status()["current"]["batch_id"], "--follow", timeout=30)
-    assert follow.returncode == 0 and "hi there" in follow.stdout
-    [state] = d.wait_finished(1)
-    time.sleep(0.3)
-    watch.send_signal(2)
-    out, err = watch.communicate(timeout=10)
-    assert watch.returncode == 0, err
-    assert state["batch_id"] in out and "Traceback" not in err
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "batchctl", "logs", bid, "--follow"],
+        env=d.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        read_until(watch, bid)  # the progress line of the running feature
+        read_until(follow, "hi there")  # streamed while the feature still runs
+        go.touch()
+        _, err = follow.communicate(timeout=60)
+        assert follow.returncode == 0, err
+        [state] = d.wait_finished(1)
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+        assert b"Traceback" not in err
+    finally:
+        for proc in (watch, follow):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     logs = d.ctl("logs", state["batch_id"], "0")
     assert logs.returncode == 0 and "hi there" in logs.stdout
 
@@ -174,7 +206,9 @@ def gh_env(
         "FAKE_GH_MODE": mode,
         "FAKE_GH_TITLES": json.dumps(titles or {}),
         "FAKE_GH_LOG": str(tmp_path / "gh.log"),
-        "BATCHCTL_GH_TIMEOUT": "1",
+        # Short only where gh hangs (every call does then); elsewhere a slow start must not
+        # read as a hang.
+        "BATCHCTL_GH_TIMEOUT": "1" if mode == "hang" else "60",
     }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Daemon
+from tests.harness import Daemon, alive
 
 MakeDaemon = Callable[..., Daemon]
 
@@ -32,26 +32,17 @@ def check_exactly_once(d: Daemon, features: list[str]) -> dict[str, Any]:
 
 def assert_no_overlap(d: Daemon) -> None:
     """Runner lifetimes from the agent log never overlap (start..end/term of each pid)."""
-    alive: set[int] = set()
+    live: set[int] = set()
     for rec in d.agent_runs():
         pid = int(rec["pid"])
         if rec["event"] == "start":
-            for other in list(alive):
-                if _running(other):
+            for other in list(live):
+                if alive(other):
                     raise AssertionError(f"runner {pid} started while {other} was alive")
-                alive.discard(other)
-            alive.add(pid)
+                live.discard(other)
+            live.add(pid)
         else:
-            alive.discard(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return False
-    return raw[raw.rfind(b")") + 2 :].split()[0] != b"Z"
+            live.discard(pid)
 
 
 @pytest.mark.parametrize(
@@ -107,9 +98,9 @@ def test_orphan_runner_is_stopped_at_start(make_daemon: MakeDaemon) -> None:
     d.wait_for(lambda: d.batch_states()[0]["processing_history"], what="attempt record")
     [first] = [r for r in d.agent_runs() if r["event"] == "start"]
     d.kill9()
-    assert _running(int(first["pid"]))
+    assert alive(int(first["pid"]))
     d.start()
-    assert not _running(int(first["pid"]))
+    assert not alive(int(first["pid"]))
     st = d.batch_states()[0]
     assert st["processing_history"][0]["outcome"] == "interrupted"
     d.stop()
@@ -125,9 +116,9 @@ def test_orphan_found_by_run_id_when_pid_was_not_written(make_daemon: MakeDaemon
     d.wait_for(lambda: [r for r in d.agent_runs() if r["event"] == "start"], what="start")
     [first] = [r for r in d.agent_runs() if r["event"] == "start"]
     assert not d.batch_states()[0]["processing_history"]  # no pid was recorded
-    assert _running(int(first["pid"]))
+    assert alive(int(first["pid"]))
     d.start()
-    assert not _running(int(first["pid"]))
+    assert not alive(int(first["pid"]))
     d.stop()
 
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.harness import Daemon, agent_command
 
 MakeDaemon = Callable[..., Daemon]
@@ -57,16 +59,33 @@ def test_json_request_and_arrival_order_across_batches(make_daemon: MakeDaemon) 
 
 
 def test_settle_time_holds_back_a_file_written_in_pieces(make_daemon: MakeDaemon) -> None:
-    """A plain file written in place in slow pieces is read only once it has settled."""
-    d = make_daemon(config="[spool]\nsettle_ms = 600\n")
+    """A plain file written in place in slow pieces (each gap well under settle_ms) is read
+    only once it has settled: its batch holds every piece."""
+    settle = 1.5
+    d = make_daemon(config=f"[spool]\nsettle_ms = {int(settle * 1000)}\n")
     d.start()
-    path = d.spool / "slow.txt"
-    with open(path, "w") as f:
-        for i in range(5):
-            f.write(f"piece {i}\n")
-            f.flush()
-            time.sleep(0.2)
-    [state] = d.wait_finished(1)
+    # The daemon may rightly take a file whose writer stalls for the settle time; on a busy
+    # machine this writer can stall, so a try counts only if no gap between pieces came near it.
+    for attempt in range(5):
+        name = f"slow{attempt}.txt"
+        gaps = []
+        with open(d.spool / name, "w") as f:
+            last = time.monotonic()
+            for i in range(5):
+                f.write(f"piece {i}\n")
+                f.flush()
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+                time.sleep(0.2)
+        if max(gaps) < settle / 2:
+            break
+    else:
+        pytest.fail(f"the writer stalled for {settle / 2}s or more in every try")
+    d.wait_for(
+        lambda: any(s["features_file"] == name for s in d.batch_states()), what=f"{name} accepted"
+    )
+    [state] = [s for s in d.batch_states() if s["features_file"] == name]
     assert state["features"] == [f"piece {i}" for i in range(5)]
 
 
@@ -121,8 +140,8 @@ def test_timeout_kills_the_whole_group(make_daemon: MakeDaemon) -> None:
     cfg = d.config_path.read_text().replace("timeout = 60", "timeout = 1")
     d.config_path.write_text(cfg)
     d.start()
-    d.drop("hang.txt", ["hang ignore_term grandchild=60 sleep=60"])
-    [state] = d.wait_finished(1, timeout=30)
+    d.drop("hang.txt", ["hang ignore_term grandchild=600 sleep=600"])
+    [state] = d.wait_finished(1, timeout=60)
     [h] = state["processing_history"]
     assert h["outcome"] == "timed_out"
     assert h["failure_type"] == "transient"
@@ -145,13 +164,12 @@ def _alive_group(pgid: int) -> bool:
 
 
 def test_leftover_child_holding_stdout_does_not_hang(make_daemon: MakeDaemon) -> None:
-    """A runner that exits 0 but leaves a child holding stdout is recorded promptly."""
+    """A runner that exits 0 but leaves a child holding stdout is recorded without waiting for
+    that child (it would hold the pipe for ten minutes), and the child is killed."""
     d = make_daemon()
     d.start()
-    t0 = time.monotonic()
-    d.drop("leftover.txt", ["leaves grandchild=60"])
-    [state] = d.wait_finished(1, timeout=30)
-    assert time.monotonic() - t0 < 10
+    d.drop("leftover.txt", ["leaves grandchild=600"])
+    [state] = d.wait_finished(1, timeout=60)
     [h] = state["processing_history"]
     assert h["outcome"] == "completed"
     assert not _alive_group(h["pid"])

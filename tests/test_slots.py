@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Daemon
-from tests.test_crash import _running
+from tests.harness import Daemon, alive
 
 MakeDaemon = Callable[..., Daemon]
 V01_STATE = Path(__file__).resolve().parent / "data" / "v0.1-state"
@@ -84,11 +83,14 @@ def test_three_slots_run_three_batches_at_once(make_daemon: MakeDaemon) -> None:
 
 
 def test_two_slots_never_run_more_than_two(make_daemon: MakeDaemon) -> None:
-    """Two slots and four batches in four cwds: never more than two runners at once."""
+    """Two slots and four batches in four cwds: two runners at once (they meet at a
+    barrier), never more."""
     d = make_daemon(config="[queue]\nslots = 2\n")
+    gate = d.root / "gate"
+    gate.mkdir()
     d.start()
     for i, repo in enumerate(repos(d, "a", "b", "c", "d")):
-        drop_in(d, f"{i}.txt", repo, [f"q{i}a sleep=0.3", f"q{i}b sleep=0.1"])
+        drop_in(d, f"{i}.txt", repo, [f"q{i}a barrier={gate}:2 sleep=0.3", f"q{i}b sleep=0.1"])
     d.wait_finished(4)
     records = runs(d)
     assert len(records) == 8 and most_at_once(records) == 2
@@ -96,15 +98,18 @@ def test_two_slots_never_run_more_than_two(make_daemon: MakeDaemon) -> None:
 
 def test_one_cwd_never_runs_two_features_even_through_a_symlink(make_daemon: MakeDaemon) -> None:
     """Two batches in one repository (one named through a symlink) never overlap, while a
-    batch in another cwd runs beside them."""
+    batch in another cwd runs beside them (its first feature meets the first one's at a
+    barrier)."""
     d = make_daemon(config="[queue]\nslots = 3\n")
     repo, other = repos(d, "repo", "other")
     link = d.root / "repos" / "link"
     link.symlink_to(repo)
+    gate = d.root / "gate"
+    gate.mkdir()
     d.start()
-    drop_in(d, "a.txt", repo, ["a0 sleep=0.5", "a1 sleep=0.5"])
+    drop_in(d, "a.txt", repo, [f"a0 barrier={gate}:2 sleep=0.5", "a1 sleep=0.5"])
     drop_in(d, "b.txt", link, ["b0 sleep=0.5", "b1 sleep=0.5"])
-    drop_in(d, "c.txt", other, ["c0 sleep=0.5", "c1 sleep=0.5"])
+    drop_in(d, "c.txt", other, [f"c0 barrier={gate}:2 sleep=0.5", "c1 sleep=0.5"])
     states = d.wait_finished(3)
     by = {s["features_file"]: s["batch_id"] for s in states}
     records = runs(d)
@@ -126,15 +131,21 @@ def test_a_retry_wait_keeps_its_cwd_and_frees_its_slot(make_daemon: MakeDaemon) 
         env={"BATCH_RETRY_ENABLED": "true"},
     )
     repo, other = repos(d, "repo", "other")
+    go = d.root / "go"
     d.start()
-    drop_in(d, "a.txt", repo, ["flaky fail_until=2"])
-    d.wait_for(lambda: d.status()["next_retry_at"], what="the retry wait")
+    # The first attempt fails only once both other batches are queued: the wait begins with
+    # them there, so the choice of what uses the slot is made at once, not raced by intake.
+    flaky = f"flaky fail_until=2 wait={go}"
+    drop_in(d, "a.txt", repo, [flaky])
+    d.wait_for(lambda: runs(d), what="the first attempt")
     drop_in(d, "b.txt", repo, ["neighbour"])
     drop_in(d, "c.txt", other, ["elsewhere"])
+    d.wait_for(lambda: len(d.batch_states()) == 3, what="both queued")
+    go.touch()
     d.wait_finished(3)
     r = {x["feature"] + "/" + str(x["attempt"]): x for x in runs(d)}
-    assert r["elsewhere/1"]["start"] < r["flaky fail_until=2/2"]["start"]  # used the free slot
-    assert r["neighbour/1"]["start"] > r["flaky fail_until=2/2"]["end"]  # the cwd stayed reserved
+    assert r["elsewhere/1"]["start"] < r[f"{flaky}/2"]["start"]  # used the free slot
+    assert r["neighbour/1"]["start"] > r[f"{flaky}/2"]["end"]  # the cwd stayed reserved
 
 
 def test_kill_9_with_several_runners_loses_nothing(make_daemon: MakeDaemon) -> None:
@@ -147,9 +158,9 @@ def test_kill_9_with_several_runners_loses_nothing(make_daemon: MakeDaemon) -> N
     d.wait_for(lambda: len(d.status()["running"]) == 3 and len(runs(d)) == 3, what="3 running")
     first = [int(r["pid"]) for r in runs(d)]
     d.kill9()
-    assert all(_running(p) for p in first)
+    assert all(alive(p) for p in first)
     d.start()
-    assert not any(_running(p) for p in first)
+    assert not any(alive(p) for p in first)
     for s in d.batch_states():
         assert s["processing_history"][0]["outcome"] == "interrupted"
     for s in d.batch_states():  # make the long first features short for the rest of the test
@@ -175,7 +186,7 @@ def test_pause_now_stops_every_runner(make_daemon: MakeDaemon) -> None:
     pids = [int(r["pid"]) for r in runs(d)]
     reply = d.ok("pause", now=True)
     assert reply["stopped"] == 3 and reply["stopped_running"] is True
-    assert not any(_running(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert d.status()["running"] == []
     for s in d.batch_states():
         assert [h["outcome"] for h in s["processing_history"]] == ["interrupted"]
@@ -187,14 +198,16 @@ def test_fewer_slots_on_reload_let_running_features_finish(make_daemon: MakeDaem
     d = make_daemon(config="[queue]\nslots = 3\n")
     gate = d.root / "gate"
     gate.mkdir()
+    go = d.root / "go"
     d.start()
     for i, repo in enumerate(repos(d, "a", "b", "c")):
-        drop_in(d, f"{i}.txt", repo, [f"r{i}a barrier={gate}:3 sleep=1", f"r{i}b sleep=0.2"])
+        drop_in(d, f"{i}.txt", repo, [f"r{i}a barrier={gate}:3 wait={go}", f"r{i}b sleep=0.2"])
     d.wait_for(lambda: len(os.listdir(gate)) == 3, what="3 running at once")
     d.write_config(d.runner_argv, "[queue]\nslots = 1\n")
     assert d.proc is not None
     d.proc.send_signal(signal.SIGHUP)
     d.wait_for(lambda: d.status()["slots"] == 1, what="the reload")
+    go.touch()  # the three end only once the reload is in force
     states = d.wait_finished(3)
     records = runs(d)
     assert all(h["outcome"] == "completed" for s in states for h in s["processing_history"])

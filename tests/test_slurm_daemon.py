@@ -55,7 +55,8 @@ def test_features_of_several_batches_run_as_concurrent_jobs(
     gate.mkdir()
     d.start()
     marker = d.root / "pwned"
-    nasty = f"""x barrier={gate}:3 $(touch {marker}) `touch {marker}` "q" 'r'"""
+    go = d.root / "go"  # past the barrier, the three keep running until the test has looked
+    nasty = f"""x barrier={gate}:3 wait={go} $(touch {marker}) `touch {marker}` "q" 'r'"""
     for i in range(3):
         repo = d.root / f"repo{i}"
         repo.mkdir()
@@ -70,6 +71,7 @@ def test_features_of_several_batches_run_as_concurrent_jobs(
         what="three jobs running",
     )
     assert all(x["job_id"] for x in running) and len({x["job_id"] for x in running}) == 3
+    go.touch()
     states = d.wait_finished(3, timeout=90)
     assert [s["status"] for s in states] == ["completed"] * 3
     firsts = [r for r in starts(d) if r["feature"].startswith("x barrier")]
@@ -86,8 +88,10 @@ def test_kill_9_leaves_jobs_running_and_the_restart_reattaches(
     """kill -9 of the daemon mid-job: the job keeps running; the restart waits for it again
     (no second run, no new attempt) and records its outcome."""
     d = slurm()
+    go = d.root / "go"
     d.start()
-    d.drop("k.txt", ["long sleep=6", "next"])
+    long = f"long wait={go}"  # runs until the restart has found it
+    d.drop("k.txt", [long, "next"])
     [item] = d.wait_for(
         lambda: [x for x in d.status()["running"] if x["job_state"] == "RUNNING"],
         what="job running",
@@ -96,6 +100,7 @@ def test_kill_9_leaves_jobs_running_and_the_restart_reattaches(
     assert jobs(slurm_cluster).get(item["job_id"]) == "RUNNING"
     d.start()
     assert "waiting for it again" in d.stderr()
+    go.touch()
     [state] = d.wait_finished(1, timeout=60)
     assert state["status"] == "completed"
     assert [(h["attempt"], h["outcome"]) for h in state["processing_history"]] == [
@@ -103,7 +108,7 @@ def test_kill_9_leaves_jobs_running_and_the_restart_reattaches(
         (1, "completed"),
     ]
     assert state["processing_history"][0]["job_id"] == item["job_id"]
-    assert Counter(r["feature"] for r in starts(d)) == {"long sleep=6": 1, "next": 1}
+    assert Counter(r["feature"] for r in starts(d)) == {long: 1, "next": 1}
 
 
 def test_a_job_that_ended_while_the_daemon_was_down_is_judged(
@@ -112,12 +117,15 @@ def test_a_job_that_ended_while_the_daemon_was_down_is_judged(
     """The daemon is killed; its job fails (exit 3) meanwhile; the restart records that
     failure from the job (permanent, exit code 3), not an interruption, and moves on."""
     d = slurm()
+    go = d.root / "go"
     d.start()
-    d.drop("e.txt", ["quick sleep=2 exit=3 stderr=TypeError:_boom", "after"])
+    quick = f"quick wait={go} exit=3 stderr=TypeError:_boom"  # ends once the daemon is down
+    d.drop("e.txt", [quick, "after"])
     [item] = d.wait_for(
         lambda: [x for x in d.status()["running"] if x["job_id"]], what="job submitted"
     )
     d.kill9()
+    go.touch()
     d.wait_for(lambda: item["job_id"] not in jobs(slurm_cluster), timeout=60, what="job ended")
     d.start()
     [state] = d.wait_finished(1, timeout=60)
@@ -128,9 +136,7 @@ def test_a_job_that_ended_while_the_daemon_was_down_is_judged(
         "permanent",
     )
     assert "TypeError" in first["error_message"]
-    assert (
-        Counter(r["feature"] for r in starts(d))["quick sleep=2 exit=3 stderr=TypeError:_boom"] == 1
-    )
+    assert Counter(r["feature"] for r in starts(d))[quick] == 1
 
 
 def test_a_job_slurm_has_forgotten_is_judged_from_its_recorded_exit_status(
@@ -139,12 +145,14 @@ def test_a_job_slurm_has_forgotten_is_judged_from_its_recorded_exit_status(
     """The job ends and Slurm forgets it (past MinJobAge) while the daemon is down: the exit
     status the wrapper recorded beside the log decides (completed, not run again)."""
     d = slurm()
+    go = d.root / "go"
     d.start()
-    d.drop("f.txt", ["gone sleep=1"])
+    d.drop("f.txt", [f"gone wait={go}"])  # ends once the daemon is down
     [item] = d.wait_for(
         lambda: [x for x in d.status()["running"] if x["job_id"]], what="job submitted"
     )
     d.kill9()
+    go.touch()
 
     def forgotten() -> bool:
         out = slurm_cluster.run("scontrol", "show", "job", item["job_id"], check=False)
@@ -193,18 +201,18 @@ def test_timeout_and_cancel_remove_the_job(
     b.mkdir()
     d.drop("slow.txt", [f"# batchd: cwd = {a}", "slow sleep=120"])
     d.drop("cancel.txt", [f"# batchd: cwd = {b}", "doomed sleep=120"])
-    running = d.wait_for(
-        lambda: (r := d.status()["running"]) and len(r) == 2 and r, what="two jobs"
+    # Only the doomed job is waited for: the slow one may time out (3 s) at any moment.
+    [doomed] = d.wait_for(
+        lambda: [x for x in d.status()["running"] if x["name"] == "cancel.txt" and x["job_id"]],
+        what="the doomed job",
     )
-    by_name = {x["name"]: x for x in running}
-    d.ok("cancel", batch_id=by_name["cancel.txt"]["batch_id"])
-    assert by_name["cancel.txt"]["job_id"] not in jobs(slurm_cluster)
+    d.ok("cancel", batch_id=doomed["batch_id"])
+    assert doomed["job_id"] not in jobs(slurm_cluster)
     states = d.wait_finished(2, timeout=60)
     slow = next(s for s in states if s["features_file"] == "slow.txt")
-    assert slow["processing_history"][0]["outcome"] == "timed_out"
-    d.wait_for(
-        lambda: by_name["slow.txt"]["job_id"] not in jobs(slurm_cluster), what="timed-out job gone"
-    )
+    attempt = slow["processing_history"][0]
+    assert attempt["outcome"] == "timed_out"
+    d.wait_for(lambda: attempt["job_id"] not in jobs(slurm_cluster), what="timed-out job gone")
 
 
 def test_a_bad_partition_pauses_the_queue_naming_sbatch(slurm: Callable[..., Daemon]) -> None:
@@ -224,8 +232,9 @@ def test_status_show_and_watch_carry_the_job(slurm: Callable[..., Daemon], tmp_p
     """While a job runs, status, show and watch carry its job id and Slurm state, in the
     replies and in batchctl's words."""
     d = slurm()
+    go = d.root / "go"
     d.start()
-    d.drop("w.txt", ["watched sleep=4"])
+    d.drop("w.txt", [f"watched wait={go}"])  # runs until the test has looked
     [item] = d.wait_for(
         lambda: [x for x in d.status()["running"] if x["job_state"] == "RUNNING"],
         what="running job",
@@ -247,6 +256,8 @@ def test_status_show_and_watch_carry_the_job(slurm: Callable[..., Daemon], tmp_p
         event = json.loads(s.makefile().readline())["event"]
     [running] = event["status"]["running"]
     assert running["job_id"] == item["job_id"] and running["job_state"] == "RUNNING"
+    go.touch()
+    assert d.wait_finished(1, timeout=60)[0]["status"] == "completed"
 
 
 def test_a_daemon_stop_leaves_the_job_running(
@@ -257,7 +268,9 @@ def test_a_daemon_stop_leaves_the_job_running(
     job; the feature runs once."""
     d = slurm()
     d.start()
-    d.drop("s.txt", ["kept sleep=5"])
+    go = d.root / "go"
+    kept = f"kept wait={go}"  # runs until the restart has found it
+    d.drop("s.txt", [kept])
     [item] = d.wait_for(
         lambda: [x for x in d.status()["running"] if x["job_state"] == "RUNNING"],
         what="running job",
@@ -269,6 +282,7 @@ def test_a_daemon_stop_leaves_the_job_running(
         (None, item["job_id"])
     ]
     d.start()
+    go.touch()
     [state] = d.wait_finished(1, timeout=60)
     assert [(h["outcome"], h["job_id"]) for h in state["processing_history"]] == [
         ("completed", item["job_id"])

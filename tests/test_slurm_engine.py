@@ -112,10 +112,13 @@ async def until(
         raise AssertionError(f"not after {deadline} s: {what}") from None
 
 
-async def test_several_jobs_run_at_once(setup: Setup) -> None:
-    """Three attempts submitted together run as concurrent jobs and all complete."""
+async def test_several_jobs_run_at_once(setup: Setup, tmp_path: Path) -> None:
+    """Three attempts submitted together run as concurrent jobs (they meet at a barrier) and
+    all complete."""
     engine = setup.engine()
-    specs = [setup.spec("sleep=2 stdout=done", f"c{i}") for i in range(3)]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    specs = [setup.spec(f"barrier={gate}:3 stdout=done", f"c{i}") for i in range(3)]
     runs = [await engine.start(s) for s in specs]
     assert all(r.ref.job_id and r.ref.job_id.isdigit() for r in runs)
     results: list[Any] = [None] * 3
@@ -138,10 +141,12 @@ async def test_several_jobs_run_at_once(setup: Setup) -> None:
 async def test_cancelling_wait_leaves_the_job_running(setup: Setup) -> None:
     """A cancelled wait only stops waiting (jobs outlive the daemon); a later wait gets the end."""
     engine = setup.engine()
-    run = await engine.start(setup.spec("sleep=1 stdout=still_here", "outlives"))
+    go = setup.repo / "go"  # the job runs until the test has looked
+    run = await engine.start(setup.spec(f"stdout=still_here wait={go}", "outlives"))
     with anyio.move_on_after(0.3):
         await run.wait()
     assert not await gone(setup.cluster, run.job_id)
+    go.touch()
     with anyio.fail_after(DEADLINE):
         raw = await run.wait()
     assert CLASSIFY.judge(raw, "auto").outcome == "completed" and b"still here" in raw.stdout_tail
@@ -202,21 +207,23 @@ async def test_reattach_after_the_daemon_is_gone(setup: Setup) -> None:
     """A new engine finds a job that ended meanwhile (judged at once) and one still running."""
     dropped = setup.engine()  # never closed nor waited on, as after kill -9 of the daemon
     short_spec = setup.spec("stderr=RateLimitError:_slow_down exit=3", "short")
-    long_spec = setup.spec("sleep=2 stdout=long_done", "long")
+    go = setup.repo / "go"  # the long job runs until the test has looked
+    long_spec = setup.spec(f"stdout=long_done wait={go}", "long")
     short, long = await dropped.start(short_spec), await dropped.start(long_spec)
     del dropped
     await until(lambda: gone(setup.cluster, short.job_id), "the short job ended")
     engine = setup.engine()
     again = await engine.reattach(short.ref, short_spec)
-    assert again is not None
-    with anyio.fail_after(1):
-        raw = await again.wait()  # ended already: no waiting
+    assert again is not None and again.done  # ended already: judged at once, no waiting
+    raw = await again.wait()
     assert (raw.exit_code, raw.cluster_state) == (3, "FAILED")
     verdict = CLASSIFY.judge(raw, "auto")
     assert (verdict.outcome, verdict.failure_type) == ("failed", "transient")
     assert verdict.message is not None and "RateLimitError" in verdict.message
     live = await engine.reattach(long.ref, long_spec)
     assert live is not None and live.describe() in ("PENDING", "CONFIGURING", "RUNNING")
+    assert not live.done
+    go.touch()
     with anyio.fail_after(DEADLINE):
         raw = await live.wait()
     assert CLASSIFY.judge(raw, "auto").outcome == "completed"
@@ -231,9 +238,8 @@ async def test_a_forgotten_job_is_judged_from_the_recorded_exit_status(setup: Se
     await until(lambda: status_path(spec.log_path, run.job_id).exists(), "the job ran")
     await until(lambda: forgotten(setup.cluster, run.job_id), "Slurm forgot the job")
     again = await setup.engine().reattach(run.ref, spec)
-    assert again is not None
-    with anyio.fail_after(1):
-        raw = await again.wait()
+    assert again is not None and again.done  # judged at once from the status file
+    raw = await again.wait()
     assert (raw.exit_code, raw.cluster_state, raw.interrupted) == (4, None, False)
     assert b"finished" in raw.stdout_tail
     v = CLASSIFY.judge(raw, "auto")
@@ -281,7 +287,9 @@ async def test_stop_cancels_the_job_and_wait_says_interrupted(setup: Setup) -> N
 async def test_batchd_timeout_cancels_the_job(setup: Setup) -> None:
     """Past LaunchSpec.timeout of running time the job is cancelled and wait says timed_out."""
     engine = setup.engine()
-    spec = setup.spec("sleep=60", "slow", timeout=1)
+    # 5 s: the agent (its start record, its SIGTERM handler) is up well before the timeout,
+    # even on a busy machine; nothing but the timeout ends it within DEADLINE.
+    spec = setup.spec("sleep=600", "slow", timeout=5)
     submitted = time.time()
     run = await engine.start(spec)
     shown = await anyio.run_process(["scontrol", "show", "job", run.job_id], env=setup.cluster.env)
@@ -294,7 +302,7 @@ async def test_batchd_timeout_cancels_the_job(setup: Setup) -> None:
     assert await gone(setup.cluster, run.job_id)
     [_start, term] = setup.agent_events(spec.run_id)
     # Not early: the clock starts when Slurm starts the job (the agent itself may start later).
-    assert term["event"] == "term" and term["t"] - submitted >= 0.9
+    assert term["event"] == "term" and term["t"] - submitted >= spec.timeout - 0.1
 
 
 async def test_sbatch_refusing_the_job_is_a_submit_error(setup: Setup) -> None:

@@ -96,11 +96,14 @@ def test_kill9_of_main_pid_restarts_and_resumes(manager: UserManager) -> None:
     """SIGKILL of the main pid: systemd restarts batchd, the cut feature reruns, nothing else twice."""
     service = start_service(manager)
     first_pid = service.main_pid()
-    service.drop("k.txt", ["first", "long sleep=3", "last"])
+    go = manager.home / "go"  # the long feature runs until its rerun has started
+    service.drop("k.txt", ["first", f"long wait={go}", "last"])
     (cut,) = service.wait_for(lambda: service.starts(1), what="the long feature's start")
     manager.systemctl("kill", "-s", "KILL", "--kill-whom=main", UNIT)
     wait_restarted_once(manager, first_pid)
     assert manager.run_ends(UNIT) == [("signal", "killed", "KILL")]
+    service.wait_for(lambda: len(service.starts(1)) == 2, what="the long feature's rerun")
+    go.touch()
     (state,) = service.wait_finished(1)
     assert state["status"] == "completed" and state["completed_features"] == [0, 1, 2]
     assert history(service, 1) == ["interrupted", "completed"]

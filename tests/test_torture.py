@@ -120,13 +120,19 @@ def test_hostile_spool_corpus(make_daemon: MakeDaemon, tmp_path: Path) -> None:
 
 
 def test_failing_disk_pauses_reports_and_recovers(make_daemon: MakeDaemon) -> None:
-    """ENOSPC on state writes: old state intact, problem reported, queue paused, then recovery."""
+    """ENOSPC on state writes: old state intact, problem reported, queue paused (nothing
+    starts until the disk has space again), then recovery."""
     d = make_daemon()
     flag = d.root / "disk-full"
-    d.start(env={"BATCHD_FAILPOINTS": f"enospc={flag}"})
-    d.drop("a.txt", ["one sleep=0.3", "two", "three"])
-    d.wait_for(lambda: [r for r in d.agent_runs() if r["event"] == "start"], what="first run")
+    gate = d.root / "gate"
+    gate.mkdir()
+    points = f"enospc={flag},before_outcome_write:pause"
+    d.start(env={"BATCHD_FAILPOINTS": points, "BATCHD_FAILPOINT_DIR": str(gate)})
+    d.drop("a.txt", ["one", "two", "three"])
+    # The disk fills while the daemon holds the first outcome: its write is the first to fail.
+    d.wait_for(lambda: (gate / "before_outcome_write.hit").exists(), what="the first outcome")
     flag.write_text("")
+    (gate / "before_outcome_write.go").touch()
     st = d.wait_for(lambda: (s := d.status())["problems"] and s, what="a problem")
     [problem] = st["problems"]
     assert problem["kind"] == "state_write" and "No space left" in problem["message"]
@@ -137,14 +143,16 @@ def test_failing_disk_pauses_reports_and_recovers(make_daemon: MakeDaemon) -> No
     # The file is claimed, and waits in .claimed/ until its batch can be written.
     d.wait_for(lambda: (d.spool / ".claimed" / "b.txt").exists(), what="b.txt claimed")
     assert len(d.batch_states()) == 1
-    assert len([r for r in d.agent_runs() if r["event"] == "start"]) == 1
     assert d.request("status")["ok"]
+    freed = time.time()
     flag.unlink()
     states = d.wait_finished(2, timeout=60)
     assert [s["status"] for s in states] == ["completed", "completed"]
     assert d.status()["problems"] == []
-    runs = Counter(r["feature"] for r in d.agent_runs() if r["event"] == "start")
-    assert all(n == 1 for n in runs.values()), runs
+    starts = [r for r in d.agent_runs() if r["event"] == "start"]
+    assert Counter(r["feature"] for r in starts) == {"one": 1, "two": 1, "three": 1, "later": 1}
+    # Nothing started while the disk was full: every start after the first came after it was freed.
+    assert starts[0]["feature"] == "one" and all(r["t"] >= freed for r in starts[1:]), starts
 
 
 def kill_storm(d: Daemon, kills: int, seed: int) -> None:
