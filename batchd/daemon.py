@@ -81,7 +81,7 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
         make_runner(cfg, dict(os.environ)),
         backend=backend,
         env=os.environ,
-        notify=lambda line: systemd.notify(f"STATUS={line}"),
+        notify=_status_notifier(),
     )
     spool = Spool(
         cfg.paths.spool_dir,
@@ -120,6 +120,13 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
                 os.unlink(own_socket)
     log.info("batchd stopped")
     return 0
+
+
+def _status_notifier() -> Callable[[str], object] | None:
+    """STATUS= lines for systemd, when there is a NOTIFY_SOCKET to send them to."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    return lambda line: systemd.notify(f"STATUS={line}")
 
 
 def _socket(cfg: Config) -> tuple[socket.socket | None, Path | None]:

@@ -78,12 +78,13 @@ class Engine:
         clock: Clock | None = None,
         notify: Notify | None = None,
     ) -> None:
+        """``notify`` receives systemd's STATUS= text when it changes (None: nobody listens)."""
         self.store = store
         self.runner = runner
         self.backend = backend
         self.env = dict(env)
         self.clock: Clock = clock or SystemClock()
-        self.notify: Notify = notify or (lambda _line: None)
+        self.notify: Notify | None = notify
         self.journal = Journal(store)
         self.hooks = Hooks()
         self.started = self.clock.now()
@@ -273,6 +274,8 @@ class Engine:
 
     def notify_status(self) -> None:
         """Tell systemd (STATUS=) what the queue is doing, when that changed."""
+        if self.notify is None:
+            return
         line = views.status_line(self)
         if line != self._last_status_line:
             self._last_status_line = line

@@ -103,8 +103,10 @@ def _begin(engine: Engine, slot: Slot, ref: RunRef) -> None:
 async def _start(engine: Engine, slot: Slot) -> Run | None:
     batch, spec = slot.batch, slot.spec
     try:
-        spec.log_path.parent.mkdir(mode=0o700, exist_ok=True)
-        _mark_rerun(spec.log_path, engine.clock.now())
+        if not spec.log_path.parent.is_dir():  # a batch dir of an older version, or removed
+            spec.log_path.parent.mkdir(mode=0o700)
+        if batch.last_attempt.get(slot.index, (0, None))[1] == "interrupted":
+            _mark_rerun(spec.log_path, engine.clock.now())
         run = await engine.runner.start(spec)
     except SpawnError as e:
         _trouble(engine, batch, e)
@@ -206,7 +208,7 @@ async def _finish(
     step = batch.record(
         verdict,
         exit_code=exit_code,
-        consent=engine.consent_for(batch),
+        consent=engine.consent_for(batch) if verdict.outcome != "completed" else False,
         hint_s=hint,
         settings=engine.settings,
         now=now,

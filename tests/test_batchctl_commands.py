@@ -470,7 +470,8 @@ def test_list_and_show_use_the_terminal_width(make_daemon: MakeDaemon, tmp_path:
     assert feature.strip() in wide_show
     narrow = on_pty([*BATCHCTL, "show", "last"], d.env, 80)
     assert feature.strip() not in narrow
-    assert all(len(line) <= 80 for line in narrow.splitlines())
+    # Everything fits, but a path: it is never cut (the test's own may be long).
+    assert all(len(line) <= 80 for line in narrow.splitlines() if not line.startswith("runs in:"))
 
 
 # --- completion ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,22 +79,27 @@ def install(
 
 
 def analyze_verify(tmp_path: Path, *units: Path) -> subprocess.CompletedProcess[str]:
-    """`systemd-analyze --user verify` offline: a private 0700 XDG_RUNTIME_DIR and HOME."""
-    runtime = tmp_path / "xdg-runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
+    """`systemd-analyze --user verify` offline: a private 0700 XDG_RUNTIME_DIR and HOME.
+
+    The runtime dir is short and outside tmp_path: sockets of other user units (say,
+    gpg-agent's) are checked too, and a unix socket path is limited to 107 bytes."""
+    runtime = Path(tempfile.mkdtemp(prefix="bd-xdg-", dir="/tmp"))
     env = {
         **os.environ,
         "XDG_RUNTIME_DIR": str(runtime),
         "HOME": str(tmp_path / "home"),
         "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"),
     }
-    return subprocess.run(
-        [str(ANALYZE), "--user", "verify", *map(str, units)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    try:
+        return subprocess.run(
+            [str(ANALYZE), "--user", "verify", *map(str, units)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def directives(text: str) -> dict[str, str]:

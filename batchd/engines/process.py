@@ -83,24 +83,34 @@ async def kill_group(
 ) -> None:
     """SIGTERM the group, wait up to ``grace``, SIGKILL what is left; reap as we go.
 
-    Call it shielded. Returns when no live member is left (or after a bounded
-    wait for members that are zombies of other parents).
+    Call it shielded. Returns at once when nothing of the group is left (the usual
+    case once the leader exited by itself); else when no live member is left (or
+    after a bounded wait for members that are zombies of other parents).
     """
     for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if _group_gone(pgid, leader):
+            return
         _signal_group(pgid, sig)
         # SIGCONT so that a stopped member can act on SIGTERM.
         if sig == signal.SIGTERM:
             _signal_group(pgid, signal.SIGCONT)
         deadline = time.monotonic() + wait_s
-        while True:
-            if leader is not None and leader.returncode is None:
-                leader.poll()
-            reap_orphans()
-            if not _group_alive(pgid) or not procfs.group_members(pgid):
-                return
+        while not _group_gone(pgid, leader):
             if time.monotonic() >= deadline:
                 break
             await anyio.sleep(_POLL_S)
+        else:
+            return
+
+
+def _group_gone(pgid: int, leader: subprocess.Popen[bytes] | None) -> bool:
+    """No live member left in the group (our own leader and adopted orphans reaped)."""
+    if leader is not None and leader.returncode is None:
+        leader.poll()
+    if not _group_alive(pgid):
+        return True
+    reap_orphans()
+    return not _group_alive(pgid) or not procfs.group_members(pgid)
 
 
 # --- the log -------------------------------------------------------------------
