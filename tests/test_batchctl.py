@@ -43,7 +43,8 @@ def test_read_commands_human_and_json(make_daemon: MakeDaemon) -> None:
     shown = d.ctl("show", bid)
     assert shown.returncode == 0
     assert "$0.25" in shown.stdout and "TypeError: boom" in shown.stdout
-    assert all(len(line) <= 80 for line in shown.stdout.splitlines())
+    # Everything fits but a path, which is never cut (the test's own may be long).
+    assert all(len(line) <= 80 for line in shown.stdout.splitlines() if not line.startswith("runs in:"))
     assert ctl_json(d, "show", bid)["state"]["cost_usd"] == 0.25
     # --json after the subcommand works too
     out = d.ctl("show", bid, "--json")
