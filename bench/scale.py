@@ -37,28 +37,30 @@ Result = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _state_writes(n: int) -> list[bytes]:
+def _state_writes(features: list[str]) -> list[bytes]:
     """The state.json bytes batchd writes per feature (after the start, after the outcome)
-    for a batch of n no-op features, in order."""
+    for a batch of these no-op features, in order."""
     from batchd.batch import Batch, Settings, new_batch
     from batchd.classify import Verdict
+    from batchd.launch import new_run_id
     from batchd.parse import ParsedBatch
     from batchd.stateenc import StateEncoder
 
     batch: Batch = new_batch(
         batch_id="batch-20260101-000000-000001",
         seq=1,
-        parsed=ParsedBatch(features=[f"feature {i}" for i in range(n)], name="bench"),
-        features_file="bench.json",
+        parsed=ParsedBatch(features=features, name="bench-1"),
+        features_file="bench-1.json",
         source_sha256="0" * 64,
         now=time.time(),
     )
     enc = StateEncoder()
     out = []
     done = Verdict("completed", tokens=0)
-    for i in range(n):
+    for i in range(len(features)):
         now = time.time()
-        batch.begin(index=i, now=now, pid=4000 + i, pid_start_time=1, run_id=f"x-{i}-1-abcd1234")
+        run_id = new_run_id("f4f392d9cbb3-", batch, i, 1)  # a state key, as batchd's
+        batch.begin(index=i, now=now, pid=20000 + i, pid_start_time=1598005, run_id=run_id)
         out.append(enc.encode(batch.state))
         batch.record(
             done,
@@ -73,7 +75,7 @@ def _state_writes(n: int) -> list[bytes]:
     return out
 
 
-def floor(root: Path, n: int) -> Result:
+def floor(root: Path, features: list[str]) -> Result:
     """Features per second of the floor loops (see the module docstring).
 
     ``floor_fps``: the runner's stdout and stderr are pipes the loop drains into the
@@ -83,7 +85,8 @@ def floor(root: Path, n: int) -> Result:
     """
     from batchd.store import write_durable
 
-    writes = _state_writes(n)
+    writes = _state_writes(features)
+    n = len(features)
 
     async def drain(stream: asyncio.StreamReader, fd: int) -> None:
         while chunk := await stream.read(65536):
