@@ -19,6 +19,7 @@ import ctypes
 import errno
 import math
 import os
+import select
 import signal
 import subprocess
 import time
@@ -270,13 +271,22 @@ class Process:
         self.sink = sink
         self.stdout = _Tail(launch.tail_caps[0])
         self.stderr = _Tail(launch.tail_caps[1])
-        self._stop = anyio.Event()
         self._stop_scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
         assert proc.stdout is not None and proc.stderr is not None
-        self._fds = [proc.stdout.fileno(), proc.stderr.fileno()]
+        self._fds = (proc.stdout.fileno(), proc.stderr.fileno())
+        self._open = set(self._fds)
+        self._exited = False
+        self._epoll = select.epoll(3)
         for fd in self._fds:
             os.set_blocking(fd, False)
+            self._epoll.register(fd, select.EPOLLIN)
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except OSError:
+            self._pidfd = None  # a kernel before 5.3: the exit is polled
+        else:
+            self._epoll.register(self._pidfd, select.EPOLLIN)
 
     @property
     def ref(self) -> RunRef:
@@ -289,77 +299,94 @@ class Process:
         """Ask ``wait`` to end the run now (the group is killed; the run is 'interrupted')."""
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._stop.set()
         if self._stop_scope is not None:
             self._stop_scope.cancel()
 
-    async def _pump(self, fd: int, tail: _Tail, done: anyio.Event) -> None:
-        try:
-            while True:
-                try:
-                    data = os.read(fd, _CHUNK)
-                except BlockingIOError:
-                    await anyio.wait_readable(fd)
-                    continue
-                if not data:
-                    return
-                tail.add(data)
-                self.sink.write(data)
-        finally:
-            done.set()
+    def _read(self, fd: int) -> bool:
+        """Read what the pipe holds into the tail and the log; False at its end."""
+        tail = self.stdout if fd == self._fds[0] else self.stderr
+        while True:
+            try:
+                data = os.read(fd, _CHUNK)
+            except BlockingIOError:
+                return True
+            if not data:
+                self._epoll.unregister(fd)
+                self._open.discard(fd)
+                return False
+            tail.add(data)
+            self.sink.write(data)
 
-    async def _wait_exit(self) -> None:
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except OSError:
-            while self.proc.poll() is None:
-                await anyio.sleep(_POLL_S)
-            return
-        try:
-            await anyio.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
+    async def _pump(self, until_exit: bool) -> None:
+        """Drain both pipes until the leader exits (``until_exit``) or until both end.
+
+        One epoll set holds the two pipes and the leader's pidfd, and the loop waits
+        on that set alone: one coroutine per run instead of a reader task per pipe
+        and a waiter for the exit.
+        """
+        while True:
+            for fd, _ in self._epoll.poll(0):
+                if fd == self._pidfd:
+                    self._exited = True
+                    self._epoll.unregister(fd)  # stays readable: no busy loop after the exit
+                elif fd in self._open:
+                    self._read(fd)
+            if not self._open or (until_exit and self._exited):
+                return
+            if self._pidfd is None and until_exit:  # no pidfd (old kernel): poll the exit
+                if self.proc.poll() is not None:
+                    self._exited = True
+                    continue
+                with anyio.move_on_after(_POLL_S):
+                    await anyio.wait_readable(self._epoll.fileno())
+            else:
+                await anyio.wait_readable(self._epoll.fileno())
 
     async def wait(self) -> RawResult:
         """Wait for the end (exit, timeout or stop), kill leftovers, drain, return what happened."""
         timed_out = False
         try:
-            done = (anyio.Event(), anyio.Event())
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, self._fds[0], self.stdout, done[0])
-                tg.start_soon(self._pump, self._fds[1], self.stderr, done[1])
-                timed_out = await self._wait_exit_or_stop()
+            timed_out = await self._wait_exit_or_stop()
+            if not self._ended_cleanly():
                 with anyio.CancelScope(shield=True):
                     # Leftover members could hold the pipes open: end them before draining.
                     await kill_group(self.pid, self.launch.kill_grace, self.proc)
                     with anyio.move_on_after(_DRAIN_AFTER_EXIT_S):
-                        await done[0].wait()
-                        await done[1].wait()
-                tg.cancel_scope.cancel()
+                        await self._pump(until_exit=False)
         finally:
-            with anyio.CancelScope(shield=True):
-                if self.proc.returncode is None:
+            if self.proc.returncode is None:
+                with anyio.CancelScope(shield=True):
                     await kill_group(self.pid, self.launch.kill_grace, self.proc)
                     with anyio.move_on_after(5):
                         while self.proc.poll() is None:
                             await anyio.sleep(_POLL_S)
-                self._close()
+            self._close()
         return self._result(timed_out)
 
     async def _wait_exit_or_stop(self) -> bool:
         """True when the timeout fired; returns on exit, timeout or stop."""
         timeout = self.launch.timeout if self.launch.timeout > 0 else math.inf
-        with anyio.CancelScope() as self._stop_scope:
-            if self._stop.is_set():
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as self._stop_scope:
+            if self.stop_reason is not None:
                 self._stop_scope.cancel()
-            with anyio.move_on_after(timeout) as deadline:
-                await self._wait_exit()
-            return deadline.cancelled_caught
-        return False  # stopped
+            await self._pump(until_exit=True)
+        return self._stop_scope.cancelled_caught and self.stop_reason is None
+
+    def _ended_cleanly(self) -> bool:
+        """The usual end, checked without waiting: the leader exited, nothing of its group
+        is left, and both pipes are at their end once read."""
+        if not _group_gone(self.pid, self.proc) or self.proc.returncode is None:
+            return False
+        for fd in tuple(self._open):
+            self._read(fd)
+        return not self._open
 
     def _close(self) -> None:
         if self.proc.returncode is None:
             self.proc.poll()
+        self._epoll.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
