@@ -66,13 +66,14 @@ def redact(text: str) -> str:
 def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """Make runner-derived text safe for logs, state, audit and replies: at most ``limit``
     characters, the ``...[truncated]`` marker of a cut text included."""
-    # Redact before stripping escapes too: an escape sequence swallows the character
-    # after it, which could be the first of a secret and leave the rest unrecognised.
-    text = redact(text)
-    text = _ANSI_RE.sub("", text)
-    text = _WHITESPACE_CTRL_RE.sub(" ", text)
-    text = _CONTROL_RE.sub("", text)
-    text = redact(text)
+    if not text.isprintable():
+        # Redact before stripping escapes too: an escape sequence swallows the character
+        # after it, which could be the first of a secret and leave the rest unrecognised.
+        text = redact(text)
+        text = _ANSI_RE.sub("", text)
+        text = _WHITESPACE_CTRL_RE.sub(" ", text)
+        text = _CONTROL_RE.sub("", text)
+    text = redact(text)  # a printable text (the usual one) has nothing else to strip
     if len(text) > limit:
         marker = TRUNCATED if limit > len(TRUNCATED) else ""
         text = text[: limit - len(marker)] + marker

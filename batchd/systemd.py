@@ -230,6 +230,9 @@ def setup_logging(level: int = logging.INFO, env: Mapping[str, str] | None = Non
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    # No caller lookup per record (a walk of the stack): no line of ours shows the file or
+    # line of the call (the "Optimization" section of the logging documentation).
+    logging._srcfile = None
 
 
 # --- unit installation ---------------------------------------------------------------------
