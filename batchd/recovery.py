@@ -63,7 +63,7 @@ async def recover(engine: Engine) -> list[Slot]:
             _interrupted(engine, batch, index, attempt.attempt)
             continue
         log.info(
-            "recovery: %s feature %d attempt %d is still %s; waiting for it again",
+            "recovery: %s feature %d attempt %d outlived the daemon (now %s); following it",
             batch.batch_id,
             index + 1,
             attempt.attempt,

@@ -99,7 +99,7 @@ def test_kill_9_leaves_jobs_running_and_the_restart_reattaches(
     d.kill9()
     assert jobs(slurm_cluster).get(item["job_id"]) == "RUNNING"
     d.start()
-    assert "waiting for it again" in d.stderr()
+    assert "outlived the daemon (now RUNNING); following it" in d.stderr()
     go.touch()
     [state] = d.wait_finished(1, timeout=60)
     assert state["status"] == "completed"
