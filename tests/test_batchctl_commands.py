@@ -243,12 +243,20 @@ def test_wait_without_ids_waits_for_what_was_just_submitted(
     d = make_daemon()
     d.start()
     assert d.ctl("wait").stdout.startswith("nothing to wait for")
-    ok(d, "add", "--cwd", str(tmp_path), "a sleep=0.5", "b")
+    ok(d, "pause")  # nothing can finish before wait has listed what it waits for
+    ok(d, "add", "--cwd", str(tmp_path), "a", "b")
     ok(d, "add", "--cwd", str(tmp_path), "c")
-    out = d.ctl("wait", timeout=60)
-    assert out.returncode == 0, out
-    assert "waiting for 2 batches" in out.stdout
-    assert out.stdout.count("completed: ") == 2
+    out = tmp_path / "wait.out"
+    proc = d.ctl_background("wait", out=out)
+    poll(
+        lambda: "waiting for 2 batches" in out.read_text(),
+        30,
+        "wait to list both batches",
+        lambda: out.read_text() + Path(f"{out}.err").read_text(),
+    )
+    ok(d, "resume", "--all")
+    assert wait_exit(proc) == 0, Path(f"{out}.err").read_text()
+    assert out.read_text().count("completed: ") == 2
     assert all(s["status"] == "completed" for s in d.batch_states())
 
 
