@@ -17,8 +17,6 @@ scan handles such leftovers first, so it becomes exactly one batch.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,7 +33,7 @@ from watchfiles import awatch
 from batchd import failpoints
 from batchd.classify import sanitize
 from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
-from batchd.store import ensure_dir, fsync_dir, write_durable
+from batchd.store import LockHeld, StoreError, ensure_dir, fsync_dir, take_lock, write_durable
 
 log = logging.getLogger("batchd.spool")
 logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
@@ -91,24 +89,16 @@ class SpoolLock:
     def acquire(cls, spool_dir: Path, state_dir: Path) -> SpoolLock:
         ensure_dir(spool_dir)
         path = spool_dir / LOCK
+        me = json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)}) + "\n"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise SpoolError(f"{path} is a symlink; remove it") from None
-            raise SpoolError(f"cannot open the spool lock {path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(os.pread(fd, 4096, 0))
-            os.close(fd)
+            fd = take_lock(path, me)
+        except StoreError as e:
+            raise SpoolError(str(e)) from None
+        except LockHeld as e:
             raise SpoolError(
-                f"the spool {spool_dir} is already owned by another batchd{holder}; "
+                f"the spool {spool_dir} is already owned by another batchd{_holder(e.content)}; "
                 "one spool has one daemon: stop that one, or give this one its own --spool"
             ) from None
-        me = json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)}) + "\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
         return cls(fd, path)
 
     def close(self) -> None:

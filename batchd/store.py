@@ -130,6 +130,39 @@ def remove_temp_files(directory: Path) -> int:
     return removed
 
 
+class LockHeld(Exception):
+    """``take_lock``: another process holds the lock; ``content`` is what it wrote there."""
+
+    def __init__(self, content: bytes) -> None:
+        super().__init__("the lock is held")
+        self.content = content
+
+
+def take_lock(path: Path, owner: str) -> int:
+    """Take an ``flock`` on ``path`` (0600, created if missing, never through a link)
+    without waiting, and write ``owner`` into it; the lock lasts while the returned fd
+    is open (a kill leaves a file that the next ``flock`` simply takes).
+
+    Raises ``LockHeld`` when another process holds it, ``StoreError`` when the file
+    cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symlink; remove it") from None
+        raise StoreError(f"cannot open the lock file {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        content = os.pread(fd, 4096, 0)
+        os.close(fd)
+        raise LockHeld(content) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, owner.encode(), 0)
+    return fd
+
+
 def write_durable(directory: Path, name: str, data: bytes) -> None:
     """Atomically and durably replace ``directory/name`` with ``data`` (mode 0600)."""
     failpoints.check_write()
@@ -216,26 +249,15 @@ class Store:
         self.temp_files_removed += remove_temp_files(self.root)
 
     def lock(self) -> None:
-        path = self.root / "batchd.lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise StoreError(f"{path} is a symlink; remove it") from None
-            raise StoreError(f"cannot open the lock file {path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
+            self._lock_fd = take_lock(self.root / "batchd.lock", f"{os.getpid()}\n")
+        except LockHeld as e:
+            holder = e.content[:32].decode("ascii", "replace").strip()
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise StoreError(
                 f"another batchd{who} is already running on {self.root}; "
                 "stop it first, or give this one another --state-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
 
     def close(self) -> None:
         if self._lock_fd is not None:
