@@ -285,8 +285,10 @@ def test_skip_stops_the_running_feature(make_daemon: MakeDaemon) -> None:
     """skip of the running feature stops its runner, records it skipped, and says so."""
     d = make_daemon()
     d.start()
-    d.drop("s.txt", ["long sleep=60", "after"])
+    ready = d.root / "ready"  # touched once the agent's SIGTERM handler is in place
+    d.drop("s.txt", [f"long sleep=60 touch={ready}", "after"])
     [run] = d.wait_for(lambda: running(d), what="the feature to run")
+    d.wait_for(ready.exists, what="the agent ready")
     out = d.ctl("skip", "last", "0")
     assert out.returncode == 0, out
     assert "feature 1 (index 0) skipped; it was running and has been stopped" in out.stdout

@@ -195,6 +195,27 @@ async def test_the_local_runner_times_out_and_kills_the_whole_group(tmp_path: Pa
     assert procfs.group_members(proc.pid) == []
 
 
+async def test_a_runner_that_closes_its_output_early_runs_to_its_end(tmp_path: Path) -> None:
+    """Both pipes at their end is not the end of the run: a runner that closes stdout and
+    stderr (as coreutils' atexit handler does, or ``exec >&-``) and goes on working is
+    waited for, never killed (a regression: it got SIGTERM, 'killed by signal 15')."""
+    done = tmp_path / "done"
+    script = 'echo early; exec >&- 2>&-; sleep 0.5; echo finished > "$1"'
+    proc = spawn(
+        Launch(
+            argv=["sh", "-c", script, "sh", str(done)],
+            env=dict(os.environ),
+            cwd=str(tmp_path),
+            log_path=tmp_path / "0.1.log",
+        )
+    )
+    with anyio.fail_after(60):
+        raw = await proc.wait()
+    assert raw.exit_code == 0 and raw.signal is None, raw
+    assert done.read_text() == "finished\n"
+    assert raw.stdout_tail == b"early\n"
+
+
 async def test_the_local_runner_stops_on_request(tmp_path: Path) -> None:
     """stop() ends a run at once (SIGTERM to the group) and the result says interrupted."""
     proc = spawn(

@@ -331,8 +331,8 @@ class Process:
                     self._epoll.unregister(fd)  # stays readable: no busy loop after the exit
                 elif fd in self._open:
                     self._read(fd)
-            if not self._open or (until_exit and self._exited):
-                return
+            if self._exited if until_exit else not self._open:
+                return  # a leader that closed its stdout and stderr may still be running
             if self._pidfd is None and until_exit:  # no pidfd (old kernel): poll the exit
                 if self.proc.poll() is not None:
                     self._exited = True
