@@ -53,8 +53,9 @@ def wait_batches(d: Daemon, n: int) -> list[str]:
 
 
 def running(d: Daemon) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = d.status()["running"]
-    return result
+    """The running features whose runner has started (not those in a before_feature hook
+    or between the slot and the spawn: their pid is still None)."""
+    return [x for x in d.status()["running"] if x["pid"] is not None]
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
