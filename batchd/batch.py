@@ -134,6 +134,10 @@ def new_batch(
         cwd=parsed.cwd,
         created_at=stamp,
         updated_at=stamp,
+        runner=parsed.options.runner,
+        verify=parsed.options.verify,
+        isolation=parsed.options.isolation,
+        parallel=parsed.options.parallel,
     )
     retry = RetryState(batch_id=batch_id, created_at=stamp, updated_at=stamp)
     return Batch(state, retry)

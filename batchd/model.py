@@ -15,9 +15,14 @@ import msgspec
 SCHEMA_VERSION = 1
 
 BatchStatus = Literal["pending", "in_progress", "paused", "completed", "failed", "cancelled"]
-Outcome = Literal["completed", "failed", "timed_out", "interrupted"]
+# ``limited``: the agent's usage limit (SPEC 13): not a failure, the feature runs again later.
+Outcome = Literal["completed", "failed", "timed_out", "interrupted", "limited"]
 FailureType = Literal["transient", "permanent"]
 SourceType = Literal["file", "github_issues"]
+Isolation = Literal["worktree"]
+# Where an attempt without an outcome stands (SPEC 14, 15): null (old entries) = running.
+Phase = Literal["running", "verifying", "merging"]
+DEFAULT_RUNNER = "default"  # the profile that is ``[runner]`` itself (SPEC 13)
 
 FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
@@ -45,8 +50,33 @@ class FailedFeature(msgspec.Struct, kw_only=True):
     retry_count: int
 
 
+class VerifyResult(msgspec.Struct, kw_only=True):
+    """The check after an attempt the agent called completed (SPEC 14)."""
+
+    exit_code: int | None  # None: it timed out or was stopped
+    duration_s: float
+    output_tail: str  # sanitised, the last lines
+
+
+class GitEvidence(msgspec.Struct, kw_only=True):
+    """What an attempt changed in its git work tree (SPEC 14); committed and not together."""
+
+    head_before: str | None = None
+    head_after: str | None = None
+    commits: int = 0
+    subjects: list[str] = msgspec.field(default_factory=list)  # up to 20, sanitised
+    files_changed: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    dirty: bool = False
+
+
 class Attempt(msgspec.Struct, kw_only=True):
-    """One run of one feature; written when it starts, completed when it ends."""
+    """One run of one feature; written when it starts, completed when it ends.
+
+    Fields after ``run_id`` were added later (SPEC 13-15): an entry written by an
+    older version has them null, and views show "–" for them.
+    """
 
     feature_index: int
     attempt: int
@@ -63,6 +93,14 @@ class Attempt(msgspec.Struct, kw_only=True):
     pid_start_time: int | None = None
     job_id: str | None = None  # the Slurm job (runner.engine = "slurm"), else null
     run_id: str | None = None  # its BATCHD_RUN_ID, to find the run again after a restart
+    phase: Phase | None = None  # while it has no outcome: running, verifying, merging
+    tokens_estimated: bool | None = None  # tokens counted as output bytes / 4, not reported
+    session_id: str | None = None  # the agent's conversation ('claude --resume ID')
+    verified: bool | None = None  # the check passed (true), failed (false), none ran (null)
+    verify: VerifyResult | None = None
+    git: GitEvidence | None = None
+    worktree: str | None = None  # a parallel feature's own worktree (SPEC 15)
+    branch: str | None = None  # ... and its branch
 
 
 class BatchState(msgspec.Struct, kw_only=True):
@@ -88,6 +126,11 @@ class BatchState(msgspec.Struct, kw_only=True):
     created_at: str
     updated_at: str
     processing_history: list[Attempt] = msgspec.field(default_factory=list)
+    # Added later (SPEC 13-15); a state file of an older version loads with the defaults.
+    runner: str = DEFAULT_RUNNER  # the runner profile
+    verify: list[str] | None = None  # the batch's own check (argv), over the profile's
+    isolation: Isolation | None = None
+    parallel: bool = False
 
 
 class RetryState(msgspec.Struct, kw_only=True):
@@ -102,11 +145,20 @@ class RetryState(msgspec.Struct, kw_only=True):
     updated_at: str
 
 
+class LimitWait(msgspec.Struct, kw_only=True):
+    """A runner profile waiting for its agent's usage limit to reset (SPEC 13)."""
+
+    until: str  # nothing of the profile starts before this (reset + limits.reset_margin)
+    since: str
+    message: str  # sanitised text of the agent that said so
+
+
 class DaemonState(msgspec.Struct, kw_only=True):
     queue_paused: bool = False
     pause_reason: str | None = None
     next_seq: int = 1
     updated_at: str | None = None
+    limit_waits: dict[str, LimitWait] = msgspec.field(default_factory=dict)
 
 
 class UserState(msgspec.Struct, kw_only=True):
@@ -117,7 +169,12 @@ class UserState(msgspec.Struct, kw_only=True):
 class AuditEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     timestamp: str
     event_type: Literal[
-        "retry_attempt", "retry_decision", "circuit_breaker_triggered", "circuit_breaker_reset"
+        "retry_attempt",
+        "retry_decision",
+        "circuit_breaker_triggered",
+        "circuit_breaker_reset",
+        "usage_limit_wait",
+        "usage_limit_end",
     ]
     batch_id: str
     feature_index: int | None = None
@@ -127,6 +184,7 @@ class AuditEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     decision: str | None = None
     reason: str | None = None
     error_message: str | None = None
+    until: str | None = None  # usage_limit_wait: when the wait ends
 
 
 class BatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -137,3 +195,7 @@ class BatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     issue_numbers: list[int] | None = None
     cwd: str | None = None
     name: str | None = None
+    runner: str | None = None  # a runner profile (SPEC 13)
+    verify: list[str] | None = None  # the batch's own check (SPEC 14)
+    isolation: Isolation | None = None  # SPEC 15
+    parallel: bool = False

@@ -9,11 +9,12 @@ message names the line (or the JSON path) and what to do. No IO here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field, replace
 
 import msgspec
 
-from batchd.model import BatchRequest, SourceType
+from batchd.model import DEFAULT_RUNNER, BatchRequest, Isolation, SourceType
 
 _BOM = "\ufeff"
 # C0 controls except tab, DEL, and C1 controls.
@@ -33,6 +34,18 @@ class Limits:
     max_file_bytes: int = 1024 * 1024
     max_features: int = 1000
     max_line_chars: int = 2000
+    # The runner profiles there are (SPEC 13); None: a batch's profile is not checked here.
+    runners: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a batch may choose besides its features (directives, request fields)."""
+
+    runner: str = DEFAULT_RUNNER
+    verify: list[str] | None = None
+    isolation: Isolation | None = None
+    parallel: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,7 @@ class ParsedBatch:
     cwd: str | None = None
     source_type: SourceType = "file"
     issue_numbers: list[int] | None = None
+    options: Options = field(default_factory=Options)
 
 
 def is_request_name(name: str) -> bool:
@@ -92,20 +106,24 @@ def _dedupe(features: list[str]) -> list[str]:
     return list(dict.fromkeys(features))
 
 
+_DIRECTIVES = ", ".join(
+    f"'# batchd: {example}'"
+    for example in (
+        "cwd = /abs/path",
+        "name = text",
+        "runner = PROFILE",
+        "verify = make test",
+        "isolation = worktree",
+        "parallel = true",
+    )
+)
+
+
 def parse_feature_file(name: str, data: bytes, limits: Limits) -> ParsedBatch:
     """A plain file: UTF-8 (BOM dropped), LF or CRLF, one feature a line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad_line = data.count(b"\n", 0, e.start) + 1
-        raise ParseError(
-            f"{name}: line {bad_line}: invalid UTF-8 at byte {e.start}; save the file as UTF-8"
-        ) from None
-    if text.startswith(_BOM):
-        text = text[1:]
+    text = _decode(name, data)
     features: list[str] = []
-    batch_name: str | None = None
-    cwd: str | None = None
+    settings: dict[str, str] = {}
     seen: set[str] = set()
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -115,24 +133,12 @@ def parse_feature_file(name: str, data: bytes, limits: Limits) -> ParsedBatch:
         where = f"{name}: line {lineno}"
         _check_feature(where, line, limits)
         line = line.strip()
-        if not line:
+        if not line or line in seen:
             continue
         if line.startswith("#"):
             m = _DIRECTIVE_RE.match(line)
             if m and not features:
-                key, value = m.group(1), m.group(2).strip()
-                if key == "cwd":
-                    _check_cwd(where, value)
-                    cwd = value
-                elif key == "name":
-                    batch_name = _clean_name(where, value)
-                else:
-                    raise ParseError(
-                        f"{where}: unknown directive '# batchd: {key}'; "
-                        "known: '# batchd: cwd = /abs/path', '# batchd: name = text'"
-                    )
-            continue
-        if line in seen:
+                _directive(where, m.group(1), m.group(2).strip(), settings)
             continue
         seen.add(line)
         features.append(line)
@@ -143,7 +149,97 @@ def parse_feature_file(name: str, data: bytes, limits: Limits) -> ParsedBatch:
             )
     if not features:
         raise ParseError(f"{name}: no features (every line is blank or a comment)")
-    return ParsedBatch(features=features, name=batch_name or name, cwd=cwd)
+    options = _options(name, settings, limits)
+    return ParsedBatch(
+        features=features,
+        name=settings.get("name") or name,
+        cwd=settings.get("cwd"),
+        options=options,
+    )
+
+
+def _decode(name: str, data: bytes) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_line = data.count(b"\n", 0, e.start) + 1
+        raise ParseError(
+            f"{name}: line {bad_line}: invalid UTF-8 at byte {e.start}; save the file as UTF-8"
+        ) from None
+    return text[1:] if text.startswith(_BOM) else text
+
+
+def _directive(where: str, key: str, value: str, settings: dict[str, str]) -> None:
+    """One ``# batchd: key = value`` line before the first feature, checked and kept."""
+    if key == "cwd":
+        _check_cwd(where, value)
+    elif key == "name":
+        value = _clean_name(where, value)
+    elif key == "verify":
+        _split_verify(where, value)
+    elif key == "parallel":
+        if value.lower() not in ("true", "false"):
+            raise ParseError(f"{where}: parallel = {value!r}; write 'true' or 'false'")
+    elif key not in ("runner", "isolation"):
+        raise ParseError(f"{where}: unknown directive '# batchd: {key}'; known: {_DIRECTIVES}")
+    settings[key] = value
+    settings[f"{key}@"] = where
+
+
+def _split_verify(where: str, text: str) -> list[str]:
+    """``verify = make test``: split as a shell would (never run through one)."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise ParseError(f"{where}: verify: {e}; quote the command as a shell would") from None
+    if not argv:
+        raise ParseError(f"{where}: verify is empty; give the check command, e.g. 'make test'")
+    return argv
+
+
+def _options(name: str, settings: dict[str, str], limits: Limits) -> Options:
+    verify = settings.get("verify")
+    isolation = settings.get("isolation")
+    return _check_options(
+        runner=(settings.get("runner@", name), settings.get("runner")),
+        verify=_split_verify(settings["verify@"], verify) if verify is not None else None,
+        isolation=(settings.get("isolation@", name), isolation),
+        parallel=(settings.get("parallel@", name), settings.get("parallel", "").lower() == "true"),
+        limits=limits,
+    )
+
+
+def _check_options(
+    *,
+    runner: tuple[str, str | None],
+    verify: list[str] | None,
+    isolation: tuple[str, str | None],
+    parallel: tuple[str, bool],
+    limits: Limits,
+) -> Options:
+    """The batch's options, or a ``ParseError`` naming where each bad one was given."""
+    where, name = runner
+    if name is not None:
+        if not name or _CONTROL_RE.search(name):
+            raise ParseError(f"{where}: runner {name!r} is not a profile name")
+        known = limits.runners
+        if known is not None and name not in known:
+            raise ParseError(
+                f"{where}: unknown runner profile {name!r}; the profiles are "
+                f"{', '.join(sorted(known))} ([runner] is 'default', [runners.NAME] the others)"
+            )
+    where, iso = isolation
+    if iso is not None and iso != "worktree":
+        raise ParseError(f"{where}: isolation = {iso!r}; the only isolation is 'worktree'")
+    where, par = parallel
+    if par and iso is None:
+        raise ParseError(f"{where}: parallel = true needs isolation = worktree")
+    return Options(
+        runner=name or DEFAULT_RUNNER,
+        verify=verify,
+        isolation="worktree" if iso else None,
+        parallel=par,
+    )
 
 
 def parse_request(name: str, data: bytes, limits: Limits) -> ParsedBatch:
@@ -181,10 +277,27 @@ def parse_request(name: str, data: bytes, limits: Limits) -> ParsedBatch:
             f"{name}: source_type github_issues needs one issue number per feature in issue_numbers"
         )
     batch_name = _clean_name(f"{name}: name", req.name) if req.name else ""
+    if req.verify is not None and (not req.verify or not all(req.verify)):
+        raise ParseError(
+            f'{name}: verify: give the check as a non-empty argv, e.g. ["make", "test"]'
+        )
+    options = _check_options(
+        runner=(f"{name}: runner", req.runner),
+        verify=req.verify,
+        isolation=(f"{name}: isolation", req.isolation),
+        parallel=(f"{name}: parallel", req.parallel),
+        limits=limits,
+    )
     return ParsedBatch(
         features=cleaned,
         name=batch_name or name,
         cwd=req.cwd,
         source_type=req.source_type,
         issue_numbers=req.issue_numbers,
+        options=options,
     )
+
+
+def with_runners(limits: Limits, runners: frozenset[str]) -> Limits:
+    """``limits`` that also check a batch's runner profile against ``runners``."""
+    return replace(limits, runners=runners)

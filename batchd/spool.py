@@ -33,25 +33,17 @@ from watchfiles import awatch
 from batchd import failpoints
 from batchd.classify import sanitize
 from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
+from batchd.spoolnames import CLAIMED, LOCK, REJECTED, is_ignored
 from batchd.store import LockHeld, StoreError, ensure_dir, fsync_dir, take_lock, write_durable
 
 log = logging.getLogger("batchd.spool")
 logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
 
-REJECTED = "rejected"
-CLAIMED = ".claimed"  # claimed files wait here for their batch (same file system, always)
-LOCK = ".batchd.lock"  # held by the daemon that owns this spool
 # watchfiles' watcher thread wakes every ``step`` ms (it polls its stop event): 4 wakeups a
 # second costs ~0.01% CPU when idle. ``batchctl submit`` pings the daemon, which scans at
 # once, so a submitted batch does not wait for this.
 WATCH_STEP_MS = 250
-_IGNORED_SUFFIXES = (".tmp", ".part", "~")
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def is_ignored(name: str) -> bool:
-    """Names the spool never reads: dot files, partial writes, editor backups, rejected/."""
-    return name.startswith(".") or name.endswith(_IGNORED_SUFFIXES) or name == REJECTED
 
 
 def _kind(mode: int) -> str | None:

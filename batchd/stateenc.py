@@ -31,34 +31,14 @@ class _Cached:
 _STATE_FIELDS = BatchState.__struct_fields__
 
 
-class _StateOut(msgspec.Struct, kw_only=True):
-    """``BatchState`` with its two big fields as pre-encoded JSON (same field order)."""
-
-    schema_version: int
-    batch_id: str
-    seq: int
-    name: str
-    features_file: str
-    source_sha256: str
-    total_features: int
-    features: msgspec.Raw
-    current_index: int
-    completed_features: list[int]
-    failed_features: list[Any]
-    skipped_features: list[int]
-    context_token_estimate: int
-    status: str
-    pause_reason: str | None
-    issue_numbers: list[int] | None
-    source_type: str
-    cwd: str | None
-    cost_usd: float
-    created_at: str
-    updated_at: str
-    processing_history: msgspec.Raw
-
-
-assert _StateOut.__struct_fields__ == _STATE_FIELDS, "keep _StateOut in step with BatchState"
+_RAW_FIELDS = ("features", "processing_history")
+# ``BatchState`` with its two big fields as pre-encoded JSON, in the same field order: made
+# from ``BatchState`` itself, so the schema is written once (``model``).
+_StateOut = msgspec.defstruct(
+    "_StateOut",
+    [(name, msgspec.Raw if name in _RAW_FIELDS else Any) for name in _STATE_FIELDS],
+    kw_only=True,
+)
 
 
 class StateEncoder:

@@ -59,10 +59,23 @@ STATE_FIELDS = {
     "updated_at",
     "processing_history",
 }
-# What the model adds to the table: features never to run (batchctl skip).
-STATE_EXTRA_FIELDS = {"skipped_features"}
+# What the model adds to the table: features never to run (batchctl skip), the runner
+# profile (SPEC 13), the batch's own check (SPEC 14), worktree isolation (SPEC 15).
+STATE_EXTRA_FIELDS = {"skipped_features", "runner", "verify", "isolation", "parallel"}
 FAILED_FEATURE_FIELDS = {"feature_index", "error_message", "timestamp", "retry_count"}
-ATTEMPT_EXTRA_FIELDS = {"run_id"}  # BATCHD_RUN_ID, to find the run again after a restart
+# BATCHD_RUN_ID (to find the run again after a restart), the phase of an open attempt, and
+# the evidence of SPEC 14 (session, check, git) and 15 (a parallel feature's worktree).
+ATTEMPT_EXTRA_FIELDS = {
+    "run_id",
+    "phase",
+    "tokens_estimated",
+    "session_id",
+    "verified",
+    "verify",
+    "git",
+    "worktree",
+    "branch",
+}
 ATTEMPT_FIELDS = {
     "feature_index",
     "attempt",
@@ -101,9 +114,20 @@ AUDIT_FIELDS = {
     "decision",
     "reason",
     "error_message",
+    "until",  # usage_limit_wait (SPEC 13)
 }
-DAEMON_FIELDS = {"queue_paused", "pause_reason", "next_seq"}
-REQUEST_FIELDS = {"features", "source_type", "issue_numbers", "cwd", "name"}
+DAEMON_FIELDS = {"queue_paused", "pause_reason", "next_seq", "limit_waits"}
+REQUEST_FIELDS = {
+    "features",
+    "source_type",
+    "issue_numbers",
+    "cwd",
+    "name",
+    "runner",
+    "verify",
+    "isolation",
+    "parallel",
+}
 
 STATE_DECODER = msgspec.json.Decoder(BatchState)
 RETRY_DECODER = msgspec.json.Decoder(RetryState)
@@ -139,6 +163,33 @@ def test_state_example_decodes_and_re_encodes_unchanged() -> None:
     state = STATE_DECODER.decode(raw_state())
     assert json.loads(msgspec.json.encode(state)) == json.loads(raw_state())
     assert STATE_DECODER.decode(msgspec.json.encode(state)) == state
+
+
+def test_state_of_the_previous_version_loads_with_the_new_fields_at_their_defaults() -> None:
+    """A state.json written before SPEC 13-15 (tests/data/v0.2-state.json) loads unchanged:
+    the new fields take their defaults, and old attempts have no evidence (shown as "-")."""
+    old = json.loads((DATA / "v0.2-state.json").read_bytes())
+    state = STATE_DECODER.decode((DATA / "v0.2-state.json").read_bytes())
+    again = json.loads(msgspec.json.encode(state))
+    assert {k: v for k, v in again.items() if k in old and k != "processing_history"} == {
+        k: v for k, v in old.items() if k != "processing_history"
+    }
+    for new_a, old_a in zip(again["processing_history"], old["processing_history"], strict=True):
+        assert {k: v for k, v in new_a.items() if k in old_a} == old_a
+    assert (state.runner, state.verify, state.isolation, state.parallel) == (
+        "default",
+        None,
+        None,
+        False,
+    )
+    for a in state.processing_history:
+        assert (a.session_id, a.verify, a.git, a.tokens_estimated, a.phase) == (
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def test_state_example_has_exactly_the_spec_fields() -> None:

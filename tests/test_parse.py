@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchd.parse import Limits, ParsedBatch, ParseError, parse_spool_file
+from batchd.parse import Limits, Options, ParsedBatch, ParseError, parse_spool_file
 
 L = Limits()
 
@@ -415,3 +415,65 @@ def test_request_shaped_json_only_raises_parse_error(obj: dict[str, Any]) -> Non
     _check_parsed(got, SMALL)
     if got.source_type == "github_issues":
         assert got.issue_numbers is not None and len(got.issue_numbers) == len(got.features)
+
+
+# --- batch options: runner profile, check, worktree isolation (SPEC 13-15) -------------
+
+
+def test_directives_choose_runner_check_and_worktree() -> None:
+    """runner, verify (split as a shell would), isolation and parallel reach the batch."""
+    data = (
+        b"# batchd: runner = codex\n# batchd: verify = make 'test all'\n"
+        b"# batchd: isolation = worktree\n# batchd: parallel = true\nf1\n"
+    )
+    parsed = parse_spool_file("todo.txt", data, Limits(runners=frozenset({"default", "codex"})))
+    assert parsed.options == Options(
+        runner="codex", verify=["make", "test all"], isolation="worktree", parallel=True
+    )
+
+
+def test_no_directives_mean_the_default_profile_and_no_options() -> None:
+    """A plain file runs on [runner] (profile 'default') with no check of its own."""
+    assert parse_spool_file("todo.txt", b"f1\n", Limits()).options == Options()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            b"# batchd: runner = nope\nf\n",
+            "todo.txt: line 1: unknown runner profile 'nope'; the profiles are codex, default",
+        ),
+        (b"# batchd: verify =   \nf\n", "todo.txt: line 1: verify is empty"),
+        (b"# batchd: verify = make 'x\nf\n", "todo.txt: line 1: verify: No closing quotation"),
+        (b"# batchd: isolation = docker\nf\n", "todo.txt: line 1: isolation = 'docker'"),
+        (b"# batchd: parallel = yes\nf\n", "todo.txt: line 1: parallel = 'yes'"),
+        (b"# batchd: parallel = true\nf\n", "todo.txt: line 1: parallel = true needs isolation"),
+    ],
+)
+def test_bad_batch_options_are_refused_naming_the_line(text: bytes, expected: str) -> None:
+    """Each bad directive is refused with its line and what to write instead."""
+    with pytest.raises(ParseError) as e:
+        parse_spool_file("todo.txt", text, Limits(runners=frozenset({"default", "codex"})))
+    assert str(e.value).startswith(expected)
+
+
+def test_request_options_are_checked_like_directives() -> None:
+    """A .json request's runner/verify/isolation/parallel follow the same rules."""
+    limits = Limits(runners=frozenset({"default"}))
+    ok = parse_spool_file(
+        "r.json",
+        b'{"features": ["a"], "verify": ["make", "test"], "isolation": "worktree", '
+        b'"parallel": true}',
+        limits,
+    )
+    assert ok.options == Options(verify=["make", "test"], isolation="worktree", parallel=True)
+    for body, expected in (
+        (b'{"features": ["a"], "runner": "codex"}', "r.json: runner: unknown runner profile"),
+        (b'{"features": ["a"], "verify": []}', "r.json: verify: give the check"),
+        (b'{"features": ["a"], "parallel": true}', "r.json: parallel: parallel = true needs"),
+        (b'{"features": ["a"], "isolation": "vm"}', "r.json: invalid batch request"),
+    ):
+        with pytest.raises(ParseError) as e:
+            parse_spool_file("r.json", body, limits)
+        assert str(e.value).startswith(expected), str(e.value)

@@ -141,6 +141,7 @@ def test_retry_audit_events_carry_every_field() -> None:
         "decision": "retry",
         "reason": "under_retry_limit",
         "error_message": "boom",
+        "until": None,
     }
     assert attempt.event_type == "retry_attempt" and attempt.retry_count == 2
     assert attempt.reason == f"next attempt at {utc_iso(T0 + 20)} (in 20.0s)"
