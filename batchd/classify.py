@@ -219,7 +219,7 @@ SEED_PERMANENT = (
     r"recursionerror",
 )
 
-OutputFormat = Literal["auto", "text", "claude-json"]
+OutputFormat = Literal["auto", "text", "claude-json", "codex-jsonl"]
 
 # SPEC section 12: the end states of a cluster job that decide the outcome whatever the
 # exit status says. A CANCELLED that batchd asked for never gets here: that run is

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from batchd import template
 from batchd.paths import ConfigError, Paths, load_paths
@@ -26,6 +27,9 @@ Seconds = Annotated[float, msgspec.Meta(ge=0)]
 Argv = list[str]
 
 DEFAULT_RUNNER = ["claude", "-p", "/auto-implement {feature}", "--output-format", "json"]
+DEFAULT_PROFILE = "default"  # the profile that is [runner] itself
+OutputFormat = Literal["auto", "text", "claude-json", "codex-jsonl"]
+ProfileName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
 class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,9 +49,32 @@ class RunnerConfig(Base):
     timeout: Seconds = 7200
     kill_grace: Seconds = 10
     max_log_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
-    output_format: Literal["auto", "text", "claude-json"] = "auto"
+    output_format: OutputFormat = "auto"
     env: dict[str, str] = msgspec.field(default_factory=dict)
     allow_permission_denials: bool = False
+    stall_timeout: Seconds = 0  # seconds without output before an attempt stops (SPEC 13)
+    on_stop: Literal["stop", "leave"] = "stop"  # SIGTERM: stop the runners or leave them (16)
+    verify: Argv = msgspec.field(default_factory=list)  # the profile's own check (SPEC 14)
+
+
+class RunnerProfile(Base):
+    """``[runners.NAME]``: any key of ``[runner]``; a key left out comes from ``[runner]``."""
+
+    engine: Literal["local", "slurm"] | UnsetType = UNSET
+    command: Annotated[Argv, msgspec.Meta(min_length=1)] | UnsetType = UNSET
+    cwd: str | UnsetType = UNSET
+    timeout: Seconds | UnsetType = UNSET
+    kill_grace: Seconds | UnsetType = UNSET
+    max_log_bytes: Annotated[int, msgspec.Meta(ge=1024)] | UnsetType = UNSET
+    output_format: OutputFormat | UnsetType = UNSET
+    env: dict[str, str] | UnsetType = UNSET
+    allow_permission_denials: bool | UnsetType = UNSET
+    stall_timeout: Seconds | UnsetType = UNSET
+    on_stop: Literal["stop", "leave"] | UnsetType = UNSET
+    verify: Argv | UnsetType = UNSET
+
+
+assert set(RunnerProfile.__struct_fields__) == set(RunnerConfig.__struct_fields__)
 
 
 class SpoolConfig(Base):
@@ -81,6 +108,27 @@ class ClassifyConfig(Base):
 
 class LimitsConfig(Base):
     max_cost_usd: Seconds = 0
+    usage_patterns: list[str] = msgspec.field(default_factory=list)  # SPEC 13
+    login_patterns: list[str] = msgspec.field(default_factory=list)
+    reset_margin: Seconds = 120
+    probe_interval: Annotated[float, msgspec.Meta(gt=0)] = 1800
+    max_limit_wait: Seconds = 691200
+
+
+class VerifyConfig(Base):
+    """The check after an attempt the agent called completed (SPEC 14)."""
+
+    command: Argv = msgspec.field(default_factory=list)
+    timeout: Seconds = 1800
+    failure: Literal["transient", "permanent"] = "transient"
+    require_change: bool = False
+
+
+class WorktreeConfig(Base):
+    """Batches in git worktrees of their own (SPEC 15)."""
+
+    dir: str = ""  # empty: state_dir/worktrees
+    merge_into_base: bool = False
 
 
 class SlurmConfig(Base):
@@ -93,6 +141,7 @@ class HooksConfig(Base):
     on_breaker_open: Argv = msgspec.field(default_factory=list)
     before_feature: Argv = msgspec.field(default_factory=list)
     after_feature: Argv = msgspec.field(default_factory=list)
+    on_limit: Argv = msgspec.field(default_factory=list)  # SPEC 13
     timeout: Seconds = 60
 
 
@@ -107,11 +156,14 @@ class FileConfig(Base):
     socket: str | None = None
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     runner: RunnerConfig = msgspec.field(default_factory=RunnerConfig)
+    runners: dict[ProfileName, RunnerProfile] = msgspec.field(default_factory=dict)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
+    worktree: WorktreeConfig = msgspec.field(default_factory=WorktreeConfig)
     slurm: SlurmConfig = msgspec.field(default_factory=SlurmConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
 
@@ -158,6 +210,35 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     def hooks(self) -> HooksConfig:
         return self.file.hooks
 
+    @property
+    def verify(self) -> VerifyConfig:
+        return self.file.verify
+
+    @property
+    def worktree(self) -> WorktreeConfig:
+        return self.file.worktree
+
+    def profile_names(self) -> frozenset[str]:
+        """Every runner profile: ``default`` ([runner]) and each ``[runners.NAME]``."""
+        return frozenset((DEFAULT_PROFILE, *self.file.runners))
+
+    def profile(self, name: str) -> RunnerConfig:
+        """The ``[runner]`` settings of profile ``name`` (KeyError for an unknown one)."""
+        return profile_of(self.file, name)
+
+
+def profile_of(cfg: FileConfig, name: str) -> RunnerConfig:
+    """``[runners.NAME]`` over ``[runner]``: the keys it sets, the rest inherited."""
+    if name == DEFAULT_PROFILE:
+        return cfg.runner
+    own = cfg.runners[name]
+    changes = {
+        key: value
+        for key in RunnerProfile.__struct_fields__
+        if (value := getattr(own, key)) is not UNSET
+    }
+    return msgspec.structs.replace(cfg.runner, **changes)
+
 
 _PATH_RE = re.compile(r"`\$\.?([^`]*)`")
 
@@ -195,12 +276,31 @@ def _choices(key: str) -> list[str]:
 
 
 def decode_file_config(raw: Mapping[str, Any], source: Path | str) -> FileConfig:
+    _check_profiles(raw, source)
     try:
         cfg = msgspec.convert(dict(raw), FileConfig)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {_describe(e)}") from None
     _check_semantics(cfg, source)
     return cfg
+
+
+def _check_profiles(raw: Mapping[str, Any], source: Path | str) -> None:
+    """Each ``[runners.NAME]`` on its own, so that an error names the profile (msgspec
+    would say ``runners[...]``)."""
+    profiles = raw.get("runners")
+    if not isinstance(profiles, dict):
+        return  # not a table: the whole-file check says so
+    for name, table in profiles.items():
+        if name == DEFAULT_PROFILE:
+            raise ConfigError(
+                f"{source}: runners.{name}: 'default' is [runner] itself; set those keys "
+                "in [runner], or give this profile another name"
+            )
+        try:
+            msgspec.convert(table, RunnerProfile)
+        except msgspec.ValidationError as e:
+            raise ConfigError(f"{source}: runners.{name}.{_describe(e)}") from None
 
 
 def _check_semantics(cfg: FileConfig, source: Path | str) -> None:

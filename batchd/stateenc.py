@@ -71,5 +71,3 @@ class StateEncoder:
 
     def forget(self, batch_id: str) -> None:
         self._cache.pop(batch_id, None)
-
-

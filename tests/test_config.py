@@ -31,7 +31,11 @@ SPEC_DEFAULTS = {
         "output_format": "auto",
         "env": {},
         "allow_permission_denials": False,
+        "stall_timeout": 0,
+        "on_stop": "stop",
+        "verify": [],
     },
+    "runners": {},
     "spool": {
         "max_file_bytes": 1048576,
         "max_features": 1000,
@@ -49,13 +53,23 @@ SPEC_DEFAULTS = {
     },
     "breaker": {"threshold": 5, "on_open": "continue", "cooldown": 0},
     "classify": {"transient_patterns": [], "permanent_patterns": [], "transient_exit_codes": [75]},
-    "limits": {"max_cost_usd": 0},
+    "limits": {
+        "max_cost_usd": 0,
+        "usage_patterns": [],
+        "login_patterns": [],
+        "reset_margin": 120,
+        "probe_interval": 1800,
+        "max_limit_wait": 691200,
+    },
+    "verify": {"command": [], "timeout": 1800, "failure": "transient", "require_change": False},
+    "worktree": {"dir": "", "merge_into_base": False},
     "slurm": {"sbatch_args": [], "poll_interval": 5},
     "hooks": {
         "on_batch_done": [],
         "on_breaker_open": [],
         "before_feature": [],
         "after_feature": [],
+        "on_limit": [],
         "timeout": 60,
     },
 }
@@ -452,7 +466,7 @@ def test_decode_file_config_names_the_given_source() -> None:
 def test_every_hook_is_checked_for_placeholders() -> None:
     """Each [hooks] argv is checked, and literal braces written {{ }} pass."""
     hooks = [name for name in FileConfig().hooks.__struct_fields__ if name != "timeout"]
-    assert len(hooks) == 4
+    assert len(hooks) == 5
     for name in hooks:
         with pytest.raises(ConfigError, match=rf": hooks\.{name}\[0\]: unknown placeholder"):
             decode_file_config({"hooks": {name: ["{nope}"]}}, "c.toml")
@@ -464,7 +478,7 @@ def test_every_hook_is_checked_for_placeholders() -> None:
     [
         (
             {"runner": {"output_format": "json"}},
-            "runner.output_format: 'json' is not one of auto, text, claude-json",
+            "runner.output_format: 'json' is not one of auto, text, claude-json, codex-jsonl",
         ),
         ({"retry": {"jitter": "some"}}, "retry.jitter: 'some' is not one of full, none"),
         ({"runner": {"engine": "k8s"}}, "runner.engine: 'k8s' is not one of local, slurm"),
@@ -476,3 +490,35 @@ def test_a_wrong_choice_lists_the_valid_ones(raw: dict[str, Any], message: str) 
     with pytest.raises(ConfigError) as e:
         decode_file_config(raw, "c.toml")
     assert str(e.value) == f"c.toml: {message}"
+
+
+# --- runner profiles (SPEC 13) ------------------------------------------------------------
+
+
+def test_a_profile_takes_its_keys_and_inherits_the_rest(tmp_path: Path) -> None:
+    """[runners.codex] sets command and output_format; timeout and env come from [runner]."""
+    path = write(
+        tmp_path,
+        """
+[runner]
+timeout = 60
+env = { A = "1" }
+[runners.codex]
+command = ["codex", "exec", "--json", "{feature}"]
+output_format = "codex-jsonl"
+""",
+    )
+    c = load_config(env_for(path))
+    assert c.profile_names() == frozenset({"default", "codex"})
+    codex = c.profile("codex")
+    assert codex.command == ["codex", "exec", "--json", "{feature}"]
+    assert (codex.output_format, codex.timeout, codex.env) == ("codex-jsonl", 60, {"A": "1"})
+    assert c.profile("default") == c.runner
+    with pytest.raises(KeyError):
+        c.profile("nope")
+
+
+def test_a_profile_key_that_runner_does_not_have_is_named(tmp_path: Path) -> None:
+    """An unknown key in a profile is an error naming the profile and the key."""
+    _, message = config_error(tmp_path, '[runners.codex]\ncomand = ["x"]\n')
+    assert "runners.codex.comand: unknown key" in message
