@@ -6,109 +6,44 @@ methods below. It never touches the disk, a clock or a process: the engine
 passes ``now`` and carries out what the methods return. "What happens when a
 feature fails" is ``Batch.record`` and, under it, ``policy.after_failure``.
 
-Every change of ``status`` goes through ``_move`` and the one table
-``TRANSITIONS``: which events apply to which statuses, and where they lead.
+Every change of ``status`` goes through ``transitions.move`` and its one table
+``TRANSITIONS``; which event happens is decided here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from batchd import policy
 from batchd.classify import Verdict
+from batchd.errors import BadArgs, BadState
 from batchd.model import (
     FINISHED,
     Attempt,
     AuditEvent,
     BatchState,
-    BatchStatus,
     FailedFeature,
     RetryState,
     parse_iso,
     utc_iso,
 )
 from batchd.parse import ParsedBatch
-from batchd.protocol import E_BAD_ARGS, E_BAD_STATE
 from batchd.schedule import Candidate
+from batchd.transitions import (
+    OPEN,
+    PAUSE_BREAKER,
+    PAUSE_COST,
+    PAUSE_USER,
+    Settings,
+    Step,
+    move,
+    settings_from,
+)
 
-if TYPE_CHECKING:
-    from batchd.config import Config
-
-PAUSE_USER = "user"
-PAUSE_BREAKER = "breaker"
-PAUSE_COST = "cost_limit"
-
-_OPEN: frozenset[BatchStatus] = frozenset({"pending", "in_progress", "paused"})
-
-# The one table of status changes: event -> (the statuses it applies to, where it leads).
-# A target of None is decided by the batch: ``resume`` goes back to pending, or to
-# in_progress once anything ran; ``finish`` ends completed, or failed when a feature failed;
-# ``requeue`` (retry of failed features) makes a finished batch in_progress again and
-# leaves an open one as it is.
-TRANSITIONS: dict[str, tuple[frozenset[BatchStatus], BatchStatus | None]] = {
-    "begin": (_OPEN, "in_progress"),  # from paused only for the breaker's half-open probe
-    "pause": (_OPEN, "paused"),
-    "resume": (frozenset({"paused"}), None),
-    "finish": (_OPEN, None),
-    "cancel": (_OPEN, "cancelled"),
-    "requeue": (_OPEN | {"completed", "failed"}, None),
-}
-_VERBS = {"pause": "pause", "resume": "resume", "cancel": "cancel", "requeue": "retry"}
-
-
-class BatchError(Exception):
-    """A command that does not apply to the batch as it is; ``code`` is a protocol error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """The parts of the config a batch transition depends on."""
-
-    policy: policy.RetryPolicy = field(default_factory=policy.RetryPolicy)
-    breaker_pauses: bool = False
-    max_cost_usd: float = 0.0
-
-
-@dataclass(frozen=True)
-class Step:
-    """What the engine must carry out after ``Batch.record``."""
-
-    events: tuple[AuditEvent, ...] = ()  # audit records, durable before the state
-    retry_delay: float | None = None  # a retry was decided: it waits this long
-    breaker_opened: bool = False  # run the on_breaker_open hook
-    finished: bool = False  # run the on_batch_done hook
-    paused: str | None = None  # the batch paused because of this outcome (breaker, cost_limit)
-    reason: str | None = None  # the retry decision's reason code, for a failed attempt
-
-
-def settings_from(cfg: Config) -> Settings:
-    """The parts of the configuration the transitions need."""
-    r, b = cfg.retry, cfg.breaker
-    return Settings(
-        policy=policy.RetryPolicy(
-            max_per_feature=r.max_per_feature,
-            max_global=r.max_global,
-            backoff_initial=float(r.backoff_initial),
-            backoff_multiplier=float(r.backoff_multiplier),
-            backoff_max=float(r.backoff_max),
-            jitter=r.jitter,
-            max_hint_wait=float(r.max_hint_wait),
-            breaker_threshold=b.threshold,
-            breaker_cooldown=float(b.cooldown),
-        ),
-        breaker_pauses=b.on_open == "pause",
-        max_cost_usd=float(cfg.limits.max_cost_usd),
-    )
+__all__ = ["PAUSE_BREAKER", "PAUSE_COST", "PAUSE_USER", "Batch", "new_batch", "settings_from"]
 
 
 def new_batch(
@@ -172,21 +107,13 @@ class Batch:
             return hist[-1]
         return None
 
-    def runnable(self, now: float, cooldown: float) -> bool:
-        """May this batch's next feature be started (retry waits aside)?"""
-        s = self.state
-        if s.status in FINISHED or s.current_index >= s.total_features:
-            return False
-        if s.status == "paused":
-            # A breaker pause with a cooldown lifts itself: the half-open probe.
-            return (
-                s.pause_reason == PAUSE_BREAKER
-                and policy.breaker_phase(self.retry, now, cooldown) == "half_open"
-            )
-        return True
-
     def candidate(self, now: float, cooldown: float, cwd: str) -> Candidate | None:
-        """What the scheduler needs to know of this batch; None when it has nothing to run."""
+        """What the scheduler needs to know of this batch; None when it has nothing to run.
+
+        The one rule of when a batch may start its next feature: not finished, a feature
+        left, not paused, except the breaker's half-open probe after its cooldown; a
+        pending retry (``ready_at``) keeps its cwd reserved meanwhile.
+        """
         s = self.state
         if s.status in FINISHED or s.current_index >= s.total_features:
             return None
@@ -197,6 +124,14 @@ class Batch:
             probe_at = parse_iso(opened) + cooldown
             return Candidate(self.batch_id, s.seq, cwd, ready_at=probe_at, reserves_cwd=False)
         return Candidate(self.batch_id, s.seq, cwd, ready_at=self.wait_until(), reserves_cwd=True)
+
+    def runnable(self, now: float, cooldown: float) -> bool:
+        """May this batch's next feature be started now (retry waits aside)? ``candidate``'s
+        rule: a probe only once its time has come."""
+        c = self.candidate(now, cooldown, "")
+        if c is None:
+            return False
+        return c.reserves_cwd or c.ready_at is None or c.ready_at <= now
 
     def wait_until(self) -> float | None:
         """When a pending retry may start (epoch seconds), or None."""
@@ -234,22 +169,7 @@ class Batch:
     # --- status changes: the table -------------------------------------
 
     def _move(self, event: str, now: float, reason: str | None = None) -> None:
-        """Change ``status`` as ``TRANSITIONS`` says, or refuse with ``bad_state``."""
-        s = self.state
-        applies_to, target = TRANSITIONS[event]
-        if s.status not in applies_to:
-            verb = _VERBS.get(event, event)
-            raise BatchError(E_BAD_STATE, f"{self.batch_id} is {s.status}; cannot {verb} it")
-        if event == "resume":
-            target = "in_progress" if s.processing_history else "pending"
-        elif event == "finish":
-            target = "failed" if s.failed_features else "completed"
-        elif event == "requeue":
-            target = "in_progress" if s.status in FINISHED else s.status
-        assert target is not None
-        s.status = target
-        s.pause_reason = reason if target == "paused" else None
-        s.updated_at = utc_iso(now)
+        move(self.state, event, now, reason)
 
     # --- running ---------------------------------------------------------
 
@@ -319,7 +239,7 @@ class Batch:
         """Apply the outcome of the open attempt: complete, retry, or fail the feature."""
         attempt = self.open_attempt()
         if attempt is None:
-            raise BatchError(E_BAD_STATE, f"{self.batch_id}: no attempt is running")
+            raise BadState(f"{self.batch_id}: no attempt is running")
         s = self.state
         index = attempt.feature_index
         self._close(attempt, verdict, now, exit_code)
@@ -412,7 +332,7 @@ class Batch:
         s.current_index = i
         s.updated_at = utc_iso(now)
         if i >= s.total_features:
-            self._move("finish", now)
+            self._move("fail" if s.failed_features else "complete", now)
             return True
         return False
 
@@ -423,9 +343,10 @@ class Batch:
 
     def resume(self, now: float) -> bool:
         """Lift a pause; False when there was nothing to lift."""
-        if self.state.status in _OPEN and self.state.status != "paused":
+        s = self.state
+        if s.status in OPEN and s.status != "paused":
             return False
-        self._move("resume", now)
+        self._move("resume" if s.processing_history else "resume_unstarted", now)
         return True
 
     def cancel(self, now: float) -> None:
@@ -436,10 +357,10 @@ class Batch:
         """Put the failed features back in the queue, with their retry counts reset."""
         s = self.state
         if s.status == "cancelled":
-            raise BatchError(E_BAD_STATE, f"{self.batch_id} is cancelled; submit it again")
+            raise BadState(f"{self.batch_id} is cancelled; submit it again")
         indices = sorted(f.feature_index for f in s.failed_features)
         if not indices:
-            raise BatchError(E_BAD_STATE, f"{self.batch_id} has no failed features to retry")
+            raise BadState(f"{self.batch_id} has no failed features to retry")
         self._move("requeue", now)
         s.failed_features = []
         self.settled.difference_update(indices)
@@ -454,19 +375,15 @@ class Batch:
         """Never run feature ``index`` (a running one is stopped by the engine and its
         outcome no longer counts); True when the batch finished because of it."""
         s = self.state
-        if s.status not in _OPEN:
-            raise BatchError(
-                E_BAD_STATE, f"{self.batch_id} is {s.status}; cannot skip a feature of it"
-            )
+        if s.status not in OPEN:
+            raise BadState(f"{self.batch_id} is {s.status}; cannot skip a feature of it")
         if not 0 <= index < s.total_features:
-            raise BatchError(
-                E_BAD_ARGS,
+            raise BadArgs(
                 f"{self.batch_id} has {s.total_features} features "
                 f"(index 0 to {s.total_features - 1}); there is no index {index}",
             )
         if index in self.settled:
-            raise BatchError(
-                E_BAD_STATE,
+            raise BadState(
                 f"{self.batch_id}: feature {index + 1} (index {index}) has already ended",
             )
         s.skipped_features.append(index)

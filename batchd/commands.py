@@ -1,10 +1,11 @@
 """One function per control command (SPEC 7): validated args in, a reply out.
 
-Each command asks the pure core (``Batch``, ``queue``) for the change, makes
-it durable before it replies (``Engine.require_durable``), logs it, and wakes
-the loop. Stopping a running feature waits until its outcome is recorded.
-No socket IO here: ``server`` owns the wire; streams are async generators
-that the server sends out.
+Each command asks the pure core (``Batch``, ``queue``, ``prunable``) for the
+change, makes it durable before it replies (``Control.require_durable``),
+logs it, and wakes the loop. Stopping a running feature waits until its
+outcome is recorded. A command that does not apply raises a domain error
+(``errors``); the server maps it to the wire. No socket IO here: ``server``
+owns the wire; streams are async generators that the server sends out.
 
 Wherever a batch is named, its id, its ``seq`` or ``last`` will do.
 """
@@ -14,18 +15,20 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import msgspec
 
-from batchd import __version__, queue, shapes, views
-from batchd.batch import Batch, BatchError
-from batchd.engine import Engine
-from batchd.model import FINISHED, parse_iso, utc_iso
-from batchd.protocol import E_BAD_ARGS, E_BAD_STATE, E_IO, E_UNKNOWN_BATCH, is_batch_id
-from batchd.store import StoreError
+from batchd import __version__, queue, shapes, views, wording
+from batchd.batch import Batch
+from batchd.errors import BadArgs, BadState, NotDurable, UnknownBatch
+from batchd.model import FINISHED, AuditEvent, parse_iso, utc_iso
+from batchd.protocol import is_batch_id
+from batchd.store import Store, StoreError
+from batchd.transitions import Settings
 
 log = logging.getLogger("batchd")
 
@@ -34,61 +37,96 @@ FOLLOW_POLL_S = 0.25
 WATCH_INTERVAL_S = 0.1
 
 
-def resolve(engine: Engine, ref: shapes.BatchRef | None) -> Batch:
-    """The batch named by an id, a ``seq`` or ``last``; ``unknown_batch`` otherwise."""
+class Control(views.Reader, Protocol):
+    """What the commands are given (the engine implements it): the read surface of the
+    views, plus durable writes, the store, and the daemon's own controls."""
+
+    store: Store
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def write_failure(self) -> str | None: ...
+
+    def require_durable(self, batch: Batch, events: tuple[AuditEvent, ...] = ()) -> None: ...
+
+    def save_queue(self) -> bool: ...
+
+    def forget(self, batch_id: str) -> None: ...
+
+    def announce_done(self, batch: Batch) -> None: ...
+
+    def poke_spool(self) -> None: ...
+
+    def reload(self) -> str | None: ...
+
+
+def resolve(engine: Control, ref: shapes.BatchRef | None) -> Batch:
+    """The batch named by an id, a ``seq`` or ``last``; ``UnknownBatch`` otherwise."""
+    batches = engine.live.batches
     batch: Batch | None = None
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
         seq = int(ref)
-        batch = next((b for b in engine.batches.values() if b.state.seq == seq), None)
+        batch = next((b for b in batches.values() if b.state.seq == seq), None)
     elif ref == "last":
-        batch = max(engine.batches.values(), key=lambda b: b.state.seq, default=None)
+        batch = max(batches.values(), key=lambda b: b.state.seq, default=None)
     elif isinstance(ref, str) and is_batch_id(ref):
-        batch = engine.batches.get(ref)
+        batch = batches.get(ref)
     if batch is None:
-        raise BatchError(
-            E_UNKNOWN_BATCH,
-            f"no batch {ref!r} (give a batch id, its seq or 'last'); 'batchctl list' shows them",
+        raise UnknownBatch(
+            f"no batch {ref!r} (give a batch id, its seq or 'last'); 'batchctl list' shows them"
         )
     return batch
 
 
-async def ping(engine: Engine, _: shapes.NoArgs) -> shapes.Ping:
+def prunable(batches: Iterable[Batch], older_than_days: int, now: float) -> list[str]:
+    """The finished batches last changed more than ``older_than_days`` ago. Pure."""
+    cut = now - older_than_days * 86400
+    return [
+        b.batch_id
+        for b in batches
+        if b.state.status in FINISHED and parse_iso(b.state.updated_at) < cut
+    ]
+
+
+async def ping(engine: Control, _: shapes.NoArgs) -> shapes.Ping:
     engine.poke_spool()  # 'batchctl submit' pings after writing: pick the request up now
     return {"pong": True, "pid": os.getpid(), "version": __version__}
 
 
-async def status(engine: Engine, _: shapes.NoArgs) -> shapes.Status:
+async def status(engine: Control, _: shapes.NoArgs) -> shapes.Status:
     return views.status(engine)
 
 
-async def list_(engine: Engine, _: shapes.NoArgs) -> shapes.BatchList:
+async def list_(engine: Control, _: shapes.NoArgs) -> shapes.BatchList:
     return views.list_batches(engine)
 
 
-async def show(engine: Engine, a: shapes.BatchArgs) -> shapes.Show:
+async def show(engine: Control, a: shapes.BatchArgs) -> shapes.Show:
     return views.show(engine, resolve(engine, a["batch_id"]))
 
 
-async def pause(engine: Engine, a: shapes.PauseArgs) -> shapes.Paused:
+async def pause(engine: Control, a: shapes.PauseArgs) -> shapes.Paused:
     now_flag = a.get("now", False)
     ref = a.get("batch_id")
     if ref is None:
-        queue.pause(engine.daemon, queue.PAUSE_USER, engine.clock.now())
+        queue.pause(engine.live.queue, queue.PAUSE_USER, engine.clock.now())
         if not engine.save_queue():
-            raise BatchError(E_IO, f"the queue is paused but {engine.journal.failure}")
+            raise NotDurable(f"the queue is paused but {engine.write_failure}")
         log.info("queue paused by the user%s", " (stopping what runs)" if now_flag else "")
-        engine.touch()
-        stopped = await engine.stop_all_runs("paused by the user") if now_flag else 0
+        engine.live.touch()
+        stopped = await engine.live.stop_all_runs("paused by the user") if now_flag else 0
         return _paused(None, True, None, stopped)
     batch = resolve(engine, ref)
     batch.pause(engine.clock.now())
     engine.require_durable(batch)
     log.info("%s: paused by the user", batch.batch_id)
-    engine.touch()
+    engine.live.touch()
     stopped = 0
-    if now_flag and await engine.stop_run(batch, "paused by the user"):
+    if now_flag and await engine.live.stop_run(batch, "paused by the user"):
         stopped = 1
-    return _paused(batch.batch_id, engine.daemon.queue_paused, batch.state.status, stopped)
+    return _paused(batch.batch_id, engine.live.queue.queue_paused, batch.state.status, stopped)
 
 
 def _paused(bid: str | None, queue_paused: bool, st: str | None, n: int) -> shapes.Paused:
@@ -101,12 +139,12 @@ def _paused(bid: str | None, queue_paused: bool, st: str | None, n: int) -> shap
     }
 
 
-async def resume(engine: Engine, a: shapes.ResumeArgs) -> shapes.Resumed:
+async def resume(engine: Control, a: shapes.ResumeArgs) -> shapes.Resumed:
     ref, all_ = a.get("batch_id"), a.get("all", False)
     if ref is None and not all_:
-        raise BatchError(E_BAD_ARGS, "resume needs a batch (its id, seq or 'last') or --all")
+        raise BadArgs("resume needs a batch (its id, seq or 'last') or --all")
     now = engine.clock.now()
-    targets = list(engine.batches.values()) if all_ else [resolve(engine, ref)]
+    targets = list(engine.live.batches.values()) if all_ else [resolve(engine, ref)]
     resumed, notes = [], []
     for batch in targets:
         if batch.finished and all_:
@@ -114,44 +152,36 @@ async def resume(engine: Engine, a: shapes.ResumeArgs) -> shapes.Resumed:
         if not batch.resume(now):
             continue
         if batch.enforce_cost_cap(engine.settings, now):
-            notes.append(_cost_note(engine, batch))
+            notes.append(wording.cost_paused_again(batch, engine.settings, engine.cfg.paths.config))
         else:
             resumed.append(batch.batch_id)
         engine.require_durable(batch)
-    queue_resumed = all_ and queue.resume(engine.daemon, now)
+    queue_resumed = all_ and queue.resume(engine.live.queue, now)
     if queue_resumed and not engine.save_queue():
-        raise BatchError(E_IO, f"the queue is resumed but {engine.journal.failure}")
+        raise NotDurable(f"the queue is resumed but {engine.write_failure}")
     what = ", ".join(resumed) + (" and the queue" if queue_resumed else "")
     log.info("resumed by the user: %s", what or "nothing was paused")
-    engine.touch()
+    engine.live.touch()
     return {
         "resumed": resumed,
         "queue_resumed": queue_resumed,
-        "queue_paused": engine.daemon.queue_paused,
+        "queue_paused": engine.live.queue.queue_paused,
         "notes": notes,
     }
 
 
-def _cost_note(engine: Engine, batch: Batch) -> str:
-    return (
-        f"{batch.batch_id} paused again at once: its cost {batch.state.cost_usd:.4f} USD "
-        f"reached limits.max_cost_usd ({engine.settings.max_cost_usd:g}); raise the limit in "
-        f"{engine.cfg.paths.config} and reload ('batchctl reload'), then resume it"
-    )
-
-
-async def cancel(engine: Engine, a: shapes.BatchArgs) -> shapes.Cancelled:
+async def cancel(engine: Control, a: shapes.BatchArgs) -> shapes.Cancelled:
     batch = resolve(engine, a["batch_id"])
     batch.cancel(engine.clock.now())
     engine.require_durable(batch)
     log.info("%s: cancelled by the user", batch.batch_id)
-    engine.touch()
-    stopped = await engine.stop_run(batch, "cancelled by the user")
+    engine.live.touch()
+    stopped = await engine.live.stop_run(batch, "cancelled by the user")
     engine.announce_done(batch)
     return {"batch_id": batch.batch_id, "status": batch.state.status, "stopped_running": stopped}
 
 
-async def retry(engine: Engine, a: shapes.BatchArgs) -> shapes.Requeued:
+async def retry(engine: Control, a: shapes.BatchArgs) -> shapes.Requeued:
     batch = resolve(engine, a["batch_id"])
     indices = batch.retry_failed(engine.clock.now())
     engine.require_durable(batch)
@@ -160,18 +190,18 @@ async def retry(engine: Engine, a: shapes.BatchArgs) -> shapes.Requeued:
         batch.batch_id,
         ", ".join(str(i + 1) for i in indices),
     )
-    engine.touch()
+    engine.live.touch()
     return {"batch_id": batch.batch_id, "requeued": indices, "status": batch.state.status}
 
 
-async def skip(engine: Engine, a: shapes.SkipArgs) -> shapes.Skipped:
+async def skip(engine: Control, a: shapes.SkipArgs) -> shapes.Skipped:
     batch = resolve(engine, a["batch_id"])
     index = a["index"]
     finished = batch.skip(index, engine.clock.now())
     engine.require_durable(batch)
     log.info("%s: feature %d skipped by the user", batch.batch_id, index + 1)
-    engine.touch()
-    stopped = await engine.stop_run(batch, "skipped by the user", index)
+    engine.live.touch()
+    stopped = await engine.live.stop_run(batch, "skipped by the user", index)
     if finished:
         engine.announce_done(batch)
     return {
@@ -182,12 +212,12 @@ async def skip(engine: Engine, a: shapes.SkipArgs) -> shapes.Skipped:
     }
 
 
-async def reset_breaker(engine: Engine, a: shapes.BatchArgs) -> shapes.BreakerReset:
+async def reset_breaker(engine: Control, a: shapes.BatchArgs) -> shapes.BreakerReset:
     batch = resolve(engine, a["batch_id"])
     event = batch.reset_breaker(engine.clock.now())
     engine.require_durable(batch, (event,))
     log.info("%s: circuit breaker reset by the user", batch.batch_id)
-    engine.touch()
+    engine.live.touch()
     return {
         "batch_id": batch.batch_id,
         "circuit_breaker_open": batch.retry.circuit_breaker_open,
@@ -195,76 +225,69 @@ async def reset_breaker(engine: Engine, a: shapes.BatchArgs) -> shapes.BreakerRe
     }
 
 
-async def consent(engine: Engine, a: shapes.ConsentArgs) -> shapes.Consent:
+async def consent(engine: Control, a: shapes.ConsentArgs) -> shapes.Consent:
     enabled = a["enabled"]
     now = utc_iso(engine.clock.now())
-    user = msgspec.structs.replace(engine.user, batch_retry_enabled=enabled, updated_at=now)
+    user = msgspec.structs.replace(engine.live.user, batch_retry_enabled=enabled, updated_at=now)
     path = engine.store.root / "user_state.json"
     try:
         engine.store.save_user(user)
     except (OSError, StoreError) as e:
-        raise BatchError(E_IO, f"cannot save {path}: {e}") from None
-    engine.user = user
+        raise NotDurable(f"cannot save {path}: {e}") from None
+    engine.live.user = user
     log.info("retry consent set to %s by the user", "enabled" if enabled else "disabled")
-    engine.touch()
+    engine.live.touch()
     return {"retry_enabled": enabled, "path": str(path)}
 
 
-async def prune(engine: Engine, a: shapes.PruneArgs) -> shapes.Pruned:
+async def prune(engine: Control, a: shapes.PruneArgs) -> shapes.Pruned:
     days = a.get("older_than_days", 30)
     dry_run = a.get("dry_run", False)
-    cut = engine.clock.now() - days * 86400
-    old = [
-        b.batch_id
-        for b in engine.batches.values()
-        if b.state.status in FINISHED and parse_iso(b.state.updated_at) < cut
-    ]
+    old = prunable(engine.live.batches.values(), days, engine.clock.now())
     if dry_run:
         return {"removed": old, "dry_run": True}
     for bid in old:
         try:
             engine.store.remove_batch(bid)
         except (OSError, StoreError) as e:
-            raise BatchError(E_IO, f"cannot remove {bid}: {e}") from None
-        del engine.batches[bid]
-        engine.journal.forget(bid)
+            raise NotDurable(f"cannot remove {bid}: {e}") from None
+        engine.forget(bid)
     if old:
         log.info("pruned %d finished batches: %s", len(old), ", ".join(old))
-        engine.touch()
+        engine.live.touch()
     return {"removed": old, "dry_run": False}
 
 
-async def reload(engine: Engine, _: shapes.NoArgs) -> shapes.Reloaded:
+async def reload(engine: Control, _: shapes.NoArgs) -> shapes.Reloaded:
     """Re-read the configuration now, as SIGHUP does; a bad one is an error reply."""
     error = engine.reload()
     if error is not None:
-        raise BatchError(E_BAD_ARGS, error)
-    return {"config": str(engine.cfg.paths.config), "slots": engine.slots}
+        raise BadArgs(error)
+    return {"config": str(engine.cfg.paths.config), "slots": engine.cfg.queue.slots}
 
 
 # --- logs ----------------------------------------------------------------------------------
 
 
-def _log_target(engine: Engine, batch: Batch, index: int | None) -> tuple[int, int, Path]:
+def _log_target(engine: Control, batch: Batch, index: int | None) -> tuple[int, int, Path]:
     """The log of the latest attempt of ``index`` (default: running, else last run)."""
     s = batch.state
     if index is None:
-        slot = engine.running.get(batch.batch_id)
+        slot = engine.live.running.get(batch.batch_id)
         if slot is not None:
             index = slot.index
         elif s.processing_history:
             index = s.processing_history[-1].feature_index
         else:
-            raise BatchError(E_BAD_STATE, f"{batch.batch_id}: no feature has run yet")
+            raise BadState(f"{batch.batch_id}: no feature has run yet")
     if not 0 <= index < s.total_features:
-        raise BatchError(
-            E_BAD_ARGS,
+        raise BadArgs(
             f"{batch.batch_id} has {s.total_features} features "
             f"(index 0 to {s.total_features - 1}); there is no index {index}",
         )
     last = batch.last_attempt.get(index)
     number = last[0] if last is not None else batch.attempt_number(index)
-    return index, number, engine.store.log_path(batch.batch_id, index, number)
+    return index, number, engine.log_path(batch, index, number)
 
 
 def _read_tail(path: Path, limit: int) -> tuple[str, bool]:
@@ -282,11 +305,11 @@ def _read_tail(path: Path, limit: int) -> tuple[str, bool]:
     return data.decode("utf-8", "replace"), start > 0
 
 
-async def logs(engine: Engine, a: shapes.LogsArgs) -> shapes.Logs:
+async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
     batch = resolve(engine, a["batch_id"])
     index, attempt, path = _log_target(engine, batch, a.get("index"))
     if batch.last_attempt.get(index) is None:
-        raise BatchError(E_BAD_STATE, f"{batch.batch_id}: feature {index + 1} has not run yet")
+        raise BadState(f"{batch.batch_id}: feature {index + 1} has not run yet")
     text, truncated = _read_tail(path, LOG_TEXT_MAX)
     reply: shapes.Logs = {
         "batch_id": batch.batch_id,
@@ -299,7 +322,7 @@ async def logs(engine: Engine, a: shapes.LogsArgs) -> shapes.Logs:
     if a.get("all"):
         reply["attempts"] = []
         for n in range(1, attempt + 1):
-            p = engine.store.log_path(batch.batch_id, index, n)
+            p = engine.log_path(batch, index, n)
             t, cut = _read_tail(p, LOG_TEXT_MAX)
             reply["attempts"].append(
                 {"index": index, "attempt": n, "path": str(p), "text": t, "truncated": cut}
@@ -311,7 +334,7 @@ Event = shapes.LogEvent | shapes.AttemptEvent | shapes.WaitingEvent
 
 
 async def follow_logs(
-    engine: Engine, a: shapes.LogsArgs, final: dict[str, object]
+    engine: Control, a: shapes.LogsArgs, final: dict[str, object]
 ) -> AsyncIterator[Event]:
     """Stream a feature's log as it grows, across attempts, until the feature has ended.
     A feature that has not started yet is waited for."""
@@ -330,18 +353,18 @@ async def follow_logs(
         latest = batch.last_attempt.get(index)
         if latest is not None and latest[0] != attempt:
             attempt = latest[0]
-            path = engine.store.log_path(batch.batch_id, index, attempt)
+            path = engine.log_path(batch, index, attempt)
             pos = 0
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             yield {"type": "attempt", "index": index, "attempt": attempt}
             continue
-        slot = engine.running.get(batch.batch_id)
+        slot = engine.live.running.get(batch.batch_id)
         running = slot is not None and slot.index == index
         if (index in batch.settled or batch.finished) and not running:
             final.update({"batch_id": batch.batch_id, "index": index, "ended": True})
             return
         with anyio.move_on_after(FOLLOW_POLL_S):
-            await engine.changed.wait()
+            await engine.live.changed.wait()
 
 
 def _read_from(path: Path, pos: int) -> bytes:
@@ -356,14 +379,15 @@ def _read_from(path: Path, pos: int) -> bytes:
 
 
 async def watch(
-    engine: Engine, _: shapes.NoArgs, final: dict[str, object]
+    engine: Control, _: shapes.NoArgs, final: dict[str, object]
 ) -> AsyncIterator[shapes.StatusEvent]:
     """A status event now and after every change (at most 10 a second)."""
     seen = -1
     while True:
-        changed = engine.changed
-        if engine.version == seen:
+        live = engine.live
+        changed = live.changed
+        if live.version == seen:
             await changed.wait()
-        seen = engine.version
+        seen = live.version
         yield {"type": "status", "status": views.status(engine)}
         await anyio.sleep(WATCH_INTERVAL_S)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import msgspec
 
 from batchd import __version__, intake, queue, recovery, systemd
 from batchd.config import Config
@@ -30,6 +29,7 @@ from batchd.engines.process import become_subreaper
 from batchd.engines.slurm import SlurmEngine
 from batchd.parse import Limits
 from batchd.paths import ConfigError
+from batchd.rules import plan_reload
 from batchd.server import SocketInUse, bind_socket, serve
 from batchd.spool import Spool, SpoolError, SpoolLock
 from batchd.store import Store, StoreError
@@ -75,6 +75,16 @@ def run(cfg: Config, backend: str, reload: Reload) -> int:
 
 
 async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
+    spool: Spool | None = None
+
+    def poke() -> None:
+        if spool is not None:
+            spool.poke()
+
+    def reload_now() -> str | None:
+        assert spool is not None
+        return _reload(engine, spool, reload)
+
     engine = Engine(
         cfg,
         store,
@@ -82,6 +92,8 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
         backend=backend,
         env=os.environ,
         notify=_status_notifier(),
+        poke_spool=poke,
+        reload=reload_now,
     )
     spool = Spool(
         cfg.paths.spool_dir,
@@ -89,8 +101,6 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
         cfg.spool.settle_ms,
         lambda acc: intake.ingest(engine, acc),
     )
-    engine.poke_spool = spool.poke  # type: ignore[method-assign]
-    engine.reload = lambda: _reload(engine, spool, reload)
     stop = anyio.Event()
     own_socket: Path | None = None
     try:
@@ -145,7 +155,7 @@ def _socket(cfg: Config) -> tuple[socket.socket | None, Path | None]:
 def _ready(engine: Engine, backend: str) -> None:
     cfg = engine.cfg
     systemd.notify(
-        "READY=1", f"STATUS=ready; {len(engine.batches)} batches", f"MAINPID={os.getpid()}"
+        "READY=1", f"STATUS=ready; {len(engine.live.batches)} batches", f"MAINPID={os.getpid()}"
     )
     log.info(
         "batchd %s ready (pid %d, %s, %s engine, %d slot%s): spool %s, state %s, socket %s",
@@ -153,8 +163,8 @@ def _ready(engine: Engine, backend: str) -> None:
         os.getpid(),
         backend,
         engine.runner.name,
-        engine.slots,
-        "" if engine.slots == 1 else "s",
+        cfg.queue.slots,
+        "" if cfg.queue.slots == 1 else "s",
         cfg.paths.spool_dir,
         cfg.paths.state_dir,
         cfg.paths.socket,
@@ -172,7 +182,7 @@ async def _signals(
             if signum == signal.SIGHUP:
                 engine.reload()
                 continue
-            if not engine.stopping:
+            if not engine.live.stopping:
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 systemd.notify("STOPPING=1", "STATUS=stopping")
             engine.stop()
@@ -193,26 +203,22 @@ def _reload(engine: Engine, spool: Spool, reload: Reload) -> str | None:
     except ConfigError as e:
         message = f"reload failed, the previous configuration is kept: {e}"
         log.error("%s", message)
-        engine.set_problem("config", message)
+        engine.live.set_problem("config", message)
         systemd.notify("READY=1", "STATUS=reload failed; previous configuration kept")
         return message
-    engine.set_problem("config", None)
-    if new.paths != old.paths:
-        log.warning("reload: path changes (spool, state, socket) need a restart; kept the old")
-        new = msgspec.structs.replace(new, paths=old.paths)
-    if new.runner.engine != old.runner.engine:
-        log.warning("reload: runner.engine changes need a restart; kept %r", old.runner.engine)
-        runner = msgspec.structs.replace(new.runner, engine=old.runner.engine)
-        new = msgspec.structs.replace(new, file=msgspec.structs.replace(new.file, runner=runner))
-    if isinstance(engine.runner, SlurmEngine):
-        engine.runner.sbatch_args = list(new.slurm.sbatch_args)
-        engine.runner.poll_interval = float(new.slurm.poll_interval)
+    engine.live.set_problem("config", None)
+    plan = plan_reload(old, new)
+    for kept in plan.kept:
+        log.warning("reload: %s", kept)
+    new = plan.cfg
+    engine.runner.reconfigure(new)
     engine.apply_config(new)
     spool.reconfigure(limits_from(new), new.spool.settle_ms)
-    if queue.lift_trouble_pause(engine.daemon, engine.clock.now()):
+    if queue.lift_trouble_pause(engine.live.queue, engine.clock.now()):
         engine.save_queue()
-    log.info("reload: configuration from %s applied (%d slots)", new.paths.config, engine.slots)
-    engine.touch()
+    slots = new.queue.slots
+    log.info("reload: configuration from %s applied (%d slots)", new.paths.config, slots)
+    engine.live.touch()
     systemd.notify("READY=1", "STATUS=configuration reloaded")
     return None
 

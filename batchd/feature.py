@@ -1,10 +1,14 @@
-"""One feature of a batch, from its slot to its outcome: hook, start, wait, record, hooks.
+"""One feature's life, top to bottom: hook, start, wait, judge, record, hooks, free the slot.
 
 ``run`` is started by the engine's loop for every batch the plan starts;
 ``follow`` waits for a run that recovery re-attached after a restart. Both
-free the slot at the end, whatever happened. The decisions come from the
-core: ``Batch.begin``/``record`` (what the outcome does), ``classify`` (what
-it means), ``queue.spawn_trouble`` (what a failed start pauses).
+free the slot at the end, whatever happened. A feature's life is handed what
+it needs (``Host``: the live state, the clock, the runner engine, durable
+records, hooks, the rules of the current configuration) and never reaches
+back into the engine. The decisions come from the core: ``Batch.begin`` and
+``record`` (what the outcome does), ``classify`` (what it means),
+``queue.spawn_trouble`` (what a failed start pauses); the words from
+``wording``.
 
 Per feature: one durable write after the start (attempt with pid or job id)
 and one after the outcome (the audit first).
@@ -16,103 +20,125 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from batchd import failpoints, launch, queue, views
+from batchd import failpoints, queue, wording
 from batchd.batch import Batch
-from batchd.classify import RawResult, Verdict, hook_failed, retry_hint, sanitize
-from batchd.engines import Run, RunRef, SpawnError
-from batchd.model import utc_iso
-
-if TYPE_CHECKING:
-    from batchd.engine import Engine, Slot
+from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
+from batchd.clock import Clock
+from batchd.engines import Run, RunnerEngine, RunRef, SpawnError
+from batchd.live import Live, Slot
+from batchd.model import AuditEvent, utc_iso
+from batchd.rules import Rules
 
 log = logging.getLogger("batchd")
 
 
-async def run(engine: Engine, slot: Slot) -> None:
+class Host(Protocol):
+    """What a feature's life is given by the daemon (the engine implements it)."""
+
+    live: Live
+    clock: Clock
+    runner: RunnerEngine
+
+    @property
+    def rules(self) -> Rules: ...
+
+    def persist(self, batch: Batch, events: tuple[AuditEvent, ...] = ()) -> bool: ...
+
+    def save_queue(self) -> bool: ...
+
+    def consent_for(self, batch: Batch) -> bool: ...
+
+    async def feature_hook(self, name: str, slot: Slot, env: dict[str, str]) -> str | None: ...
+
+    async def batch_hook(self, name: str, batch: Batch) -> None: ...
+
+    def log_path(self, batch: Batch, index: int, attempt: int) -> Path: ...
+
+
+async def run(host: Host, slot: Slot) -> None:
     """Run one feature of a batch: hook, start, wait, record, hooks; free the slot.
 
     An unexpected error is never fatal to the daemon: it pauses that batch with the
     error as its reason (and is logged with its traceback).
     """
     try:
-        await _run(engine, slot)
+        await _run(host, slot)
     except Exception as e:
         log.exception("%s: internal error while running a feature", slot.batch.batch_id)
         if not slot.batch.finished:
-            _pause_batch(engine, slot.batch, f"internal_error: {e!r}; please report it")
+            _pause_batch(host, slot.batch, f"internal_error: {e!r}; please report it")
     finally:
-        _release(engine, slot)
+        _release(host.live, slot)
 
 
-async def _run(engine: Engine, slot: Slot) -> None:
+async def _run(host: Host, slot: Slot) -> None:
     """The body of ``run``: nothing here frees the slot."""
-    hook_error = await _hook(engine, "before_feature", slot, slot.spec.env)
-    if not _still_wanted(engine, slot):
+    hook_error = await host.feature_hook("before_feature", slot, slot.spec.env)
+    if not _still_wanted(host, slot):
         return  # stopped, cancelled or paused while the hook ran
     if hook_error is not None:
-        _begin(engine, slot, RunRef())
-        await _finish(engine, slot, hook_failed("before_feature", hook_error), None)
+        _begin(host, slot, RunRef())
+        await _finish(host, slot, hook_failed("before_feature", hook_error), None)
         return
-    started = await _start(engine, slot)
+    started = await _start(host, slot)
     if started is not None:
-        await _outcome(engine, slot, await started.wait())
+        await _outcome(host, slot, await started.wait())
 
 
-async def follow(engine: Engine, slot: Slot) -> None:
+async def follow(host: Host, slot: Slot) -> None:
     """Wait for a run re-attached after a restart, then record it as any other."""
     try:
         assert slot.run is not None
-        await _outcome(engine, slot, await slot.run.wait())
+        await _outcome(host, slot, await slot.run.wait())
     finally:
-        _release(engine, slot)
+        _release(host.live, slot)
 
 
-def _release(engine: Engine, slot: Slot) -> None:
-    engine.running.pop(slot.batch.batch_id, None)
+def _release(live: Live, slot: Slot) -> None:
+    live.running.pop(slot.batch.batch_id, None)
     slot.done.set()
-    engine.touch()
+    live.touch()
 
 
-def _still_wanted(engine: Engine, slot: Slot) -> bool:
+def _still_wanted(host: Host, slot: Slot) -> bool:
     batch = slot.batch
-    now = engine.clock.now()
-    cooldown = engine.settings.policy.breaker_cooldown
+    cooldown = host.rules.settings.policy.breaker_cooldown
     return (
-        not engine.stopping
+        not host.live.stopping
         and slot.stop_reason is None
         and batch.state.current_index == slot.index
-        and batch.runnable(now, cooldown)
+        and batch.runnable(host.clock.now(), cooldown)
     )
 
 
-def _begin(engine: Engine, slot: Slot, ref: RunRef) -> None:
-    batch = slot.batch
-    batch.begin(
+def _begin(host: Host, slot: Slot, ref: RunRef) -> None:
+    slot.batch.begin(
         index=slot.index,
-        now=engine.clock.now(),
+        now=host.clock.now(),
         pid=ref.pid,
         pid_start_time=ref.pid_start_time,
         job_id=ref.job_id,
         run_id=slot.spec.run_id,
     )
-    engine.persist(batch)
+    host.persist(slot.batch)
 
 
-async def _start(engine: Engine, slot: Slot) -> Run | None:
+async def _start(host: Host, slot: Slot) -> Run | None:
+    """Start the attempt and record it (with its pid or job id); None when it did not start."""
     batch, spec = slot.batch, slot.spec
     try:
         if not spec.log_path.parent.is_dir():  # a batch dir of an older version, or removed
             spec.log_path.parent.mkdir(mode=0o700)
         if batch.last_attempt.get(slot.index, (0, None))[1] == "interrupted":
-            _mark_rerun(spec.log_path, engine.clock.now())
-        run = await engine.runner.start(spec)
+            _mark_rerun(spec.log_path, host.clock.now())
+        run = await host.runner.start(spec)
     except SpawnError as e:
-        _trouble(engine, batch, e)
+        _trouble(host, batch, e)
         return None
     except OSError as e:  # the attempt log cannot be opened (a link, a missing dir)
-        _pause_batch(engine, batch, f"log_unavailable: cannot open the attempt log: {e}")
+        _pause_batch(host, batch, f"log_unavailable: cannot open the attempt log: {e}")
         return None
     failpoints.hit("after_spawn")
     slot.run = run
@@ -120,22 +146,13 @@ async def _start(engine: Engine, slot: Slot) -> Run | None:
         run.stop(slot.stop_reason or "the batch ended")
         await run.wait()
         return None
-    _begin(engine, slot, run.ref)
+    _begin(host, slot, run.ref)
     failpoints.hit("after_attempt_record")
     if slot.stop_reason is not None:
         run.stop(slot.stop_reason)
-    s = batch.state
     where = f"pid {run.ref.pid}" if run.ref.job_id is None else f"job {run.ref.job_id}"
-    log.info(
-        "%s: feature %d/%d attempt %d started (%s): %s",
-        batch.batch_id,
-        slot.index + 1,
-        s.total_features,
-        batch.attempt_number(slot.index),
-        where,
-        sanitize(s.features[slot.index], 200),
-    )
-    engine.touch()
+    log.info("%s", wording.started(batch, slot.index, where))
+    host.live.touch()
     return run
 
 
@@ -155,52 +172,54 @@ def _mark_rerun(path: Path, now: float) -> None:
         os.close(fd)
 
 
-def _trouble(engine: Engine, batch: Batch, e: SpawnError) -> None:
+def _trouble(host: Host, batch: Batch, e: SpawnError) -> None:
     """Trouble that is not the feature's fault pauses the batch or the queue, uncharged."""
     trouble = queue.spawn_trouble(
         e.kind,
         e.message,
         batch_id=batch.batch_id,
         batch_has_cwd=bool(batch.state.cwd),
-        config_path=str(engine.cfg.paths.config),
+        config_path=str(host.rules.cfg.paths.config),
     )
     if trouble.scope == "batch":
-        _pause_batch(engine, batch, trouble.reason)
+        _pause_batch(host, batch, trouble.reason)
         return
-    queue.pause(engine.daemon, trouble.reason, engine.clock.now())
-    engine.save_queue()
+    queue.pause(host.live.queue, trouble.reason, host.clock.now())
+    host.save_queue()
     log.error("queue paused: %s", trouble.reason)
-    engine.touch()
+    host.live.touch()
 
 
-def _pause_batch(engine: Engine, batch: Batch, reason: str) -> None:
-    batch.pause(engine.clock.now(), reason)
-    engine.persist(batch)
+def _pause_batch(host: Host, batch: Batch, reason: str) -> None:
+    batch.pause(host.clock.now(), reason)
+    host.persist(batch)
     log.error("%s: paused: %s", batch.batch_id, reason)
-    engine.touch()
+    host.live.touch()
 
 
-async def _outcome(engine: Engine, slot: Slot, raw: RawResult) -> None:
+async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
+    """The run ended: an interruption is recorded as such, anything else is judged."""
     failpoints.hit("after_runner_exit")
     batch = slot.batch
-    _log_health(engine, batch, slot.index, raw.log_error)
+    _log_health(host, batch, slot.index, raw.log_error)
     if raw.interrupted:
         why = slot.stop_reason or "stopped"
-        batch.mark_interrupted(engine.clock.now(), f"interrupted: {why}")
-        engine.persist(batch)
+        batch.mark_interrupted(host.clock.now(), f"interrupted: {why}")
+        host.persist(batch)
         log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
         return
-    verdict = engine.classifier.judge(raw, engine.cfg.runner.output_format)
-    await _finish(engine, slot, verdict, raw.exit_code, ran=True)
+    rules = host.rules
+    verdict = rules.classifier.judge(raw, rules.cfg.runner.output_format)
+    await _finish(host, slot, verdict, raw.exit_code, ran=True)
 
 
 async def _finish(
-    engine: Engine, slot: Slot, verdict: Verdict, exit_code: int | None, *, ran: bool = False
+    host: Host, slot: Slot, verdict: Verdict, exit_code: int | None, *, ran: bool = False
 ) -> None:
     """Record the outcome (audit first), then the hooks it calls for: after_feature
     (when the runner ran), on_breaker_open, on_batch_done."""
-    batch = slot.batch
-    now = engine.clock.now()
+    batch, rules = slot.batch, host.rules
+    now = host.clock.now()
     hint = None
     if verdict.outcome != "completed" and verdict.hint_text:
         hint = retry_hint(verdict.hint_text, now)
@@ -208,40 +227,35 @@ async def _finish(
     step = batch.record(
         verdict,
         exit_code=exit_code,
-        consent=engine.consent_for(batch) if verdict.outcome != "completed" else False,
+        consent=host.consent_for(batch) if verdict.outcome != "completed" else False,
         hint_s=hint,
-        settings=engine.settings,
+        settings=rules.settings,
         now=now,
         rand=random.random,
     )
     failpoints.hit("before_outcome_write")
-    engine.persist(batch, step.events)
-    level, line = views.outcome_message(batch, slot.index, attempt, verdict, step, engine.settings)
+    host.persist(batch, step.events)
+    level, line = wording.outcome_message(batch, slot.index, attempt, verdict, step, rules.settings)
     log.log(level, "%s", line)
     if ran:
         env = dict(slot.spec.env, BATCHD_OUTCOME=verdict.outcome)
-        await _hook(engine, "after_feature", slot, env)
+        await host.feature_hook("after_feature", slot, env)
     if step.breaker_opened:
-        await _hook(engine, "on_breaker_open", slot, engine.batch_hook_env(batch))
+        await host.batch_hook("on_breaker_open", batch)
     if step.finished:
-        await engine._batch_done(batch)
+        await host.batch_hook("on_batch_done", batch)
 
 
-def _log_health(engine: Engine, batch: Batch, index: int, error: str | None) -> None:
+def _log_health(host: Host, batch: Batch, index: int, error: str | None) -> None:
     """An incomplete attempt log is a problem; a complete one clears that problem."""
+    live = host.live
     if error is None:
-        if any(p.kind == "log_write" for p in engine.problems):
+        if live.has_problem("log_write"):
             log.info("logs: attempt logs are written whole again")
-            engine.set_problem("log_write", None)
+            live.set_problem("log_write", None)
         return
     attempt = batch.attempt_number(index)
-    path = engine.store.log_path(batch.batch_id, index, attempt)
-    message = views.log_incomplete(batch, index, attempt, error, path)
+    path = host.log_path(batch, index, attempt)
+    message = wording.log_incomplete(batch, index, attempt, error, path)
     log.error("logs: %s", message)
-    engine.set_problem("log_write", message, batch.batch_id)
-
-
-async def _hook(engine: Engine, name: str, slot: Slot, env: dict[str, str]) -> str | None:
-    batch = slot.batch
-    values = launch.placeholders(batch, slot.index, batch.attempt_number(slot.index))
-    return await engine.run_hook(name, batch, values, env)
+    live.set_problem("log_write", message, batch.batch_id)

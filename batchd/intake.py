@@ -14,20 +14,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Protocol
 
 from batchd import failpoints
 from batchd.batch import Batch, new_batch
 from batchd.classify import sanitize
-from batchd.engine import Engine
+from batchd.clock import Clock
+from batchd.journal import Journal
+from batchd.live import Live
 from batchd.model import batch_id_for, utc_iso
 from batchd.spool import Accepted
+from batchd.store import Store
 
 log = logging.getLogger("batchd")
 
 
-def ingest(engine: Engine, acc: Accepted) -> None:
+class Intake(Protocol):
+    """What intake is given (the engine implements it)."""
+
+    live: Live
+    store: Store
+    journal: Journal
+    clock: Clock
+    last_id_us: int
+
+    def save_queue(self) -> bool: ...
+
+
+def ingest(engine: Intake, acc: Accepted) -> None:
     """Turn a claimed spool file into a batch (or finish what a kill interrupted)."""
-    for batch in engine.batches.values():
+    live = engine.live
+    for batch in live.batches.values():
         s = batch.state
         if (
             s.features_file == acc.name
@@ -44,7 +61,7 @@ def ingest(engine: Engine, acc: Accepted) -> None:
         return
     batch = new
     failpoints.hit("after_batch_write")
-    engine.batches[batch.batch_id] = batch
+    live.batches[batch.batch_id] = batch
     _move_source(engine, acc, batch.batch_id)
     n = batch.state.total_features
     log.info(
@@ -55,12 +72,13 @@ def ingest(engine: Engine, acc: Accepted) -> None:
         n,
         "" if n == 1 else "s",
     )
-    engine.touch()
+    live.touch()
 
 
-def _new(engine: Engine, acc: Accepted) -> Batch | None:
+def _new(engine: Intake, acc: Accepted) -> Batch | None:
     now = engine.clock.now()
-    seq = engine.daemon.next_seq
+    queue = engine.live.queue
+    seq = queue.next_seq
     parsed = acc.parsed
     if parsed.name == acc.name:  # named after the file: a name may hold anything
         parsed = dataclasses.replace(parsed, name=sanitize(acc.name, 200))
@@ -72,30 +90,31 @@ def _new(engine: Engine, acc: Accepted) -> Batch | None:
         source_sha256=acc.sha256,
         now=now,
     )
-    engine.daemon.next_seq = seq + 1
-    engine.daemon.updated_at = utc_iso(now)
+    queue.next_seq = seq + 1
+    queue.updated_at = utc_iso(now)
     if not engine.save_queue():
-        engine.daemon.next_seq = seq
+        queue.next_seq = seq
         return None
-    if not engine.journal.create(batch, engine.daemon):
-        engine.set_problem("state_write", engine.journal.failure)
+    if not engine.journal.create(batch, queue):
+        engine.live.set_problem("state_write", engine.journal.failure)
         return None
     return batch
 
 
-def _new_id(engine: Engine, now: float) -> str:
+def _new_id(engine: Intake, now: float) -> str:
     """``batch-YYYYMMDD-HHMMSS-ffffff``, unique even for two files in one microsecond."""
     us = max(int(now * 1_000_000), engine.last_id_us + 1)
     while True:
         batch_id = batch_id_for(us / 1_000_000)
-        if batch_id not in engine.batches and not os.path.lexists(engine.store.batches / batch_id):
+        taken = batch_id in engine.live.batches
+        if not taken and not os.path.lexists(engine.store.batches / batch_id):
             break
         us += 1
     engine.last_id_us = us
     return batch_id
 
 
-def _move_source(engine: Engine, acc: Accepted, batch_id: str) -> None:
+def _move_source(engine: Intake, acc: Accepted, batch_id: str) -> None:
     try:
         engine.store.move_in_source(acc.path, batch_id)
     except OSError as e:

@@ -14,44 +14,70 @@ start and the write) are stopped.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from batchd import queue
 from batchd.batch import Batch
-from batchd.engine import Engine, Slot
-from batchd.engines import RunRef
+from batchd.clock import Clock
+from batchd.engines import LaunchSpec, Run, RunnerEngine, RunRef
+from batchd.journal import Journal
+from batchd.live import Live, Slot
+from batchd.model import AuditEvent
+from batchd.store import Store
 
 log = logging.getLogger("batchd")
 
 
-def load(engine: Engine) -> None:
-    """Read every state file into the engine."""
-    store = engine.store
-    engine.daemon = store.load_daemon()
-    engine.user = store.load_user()
+class Recovering(Protocol):
+    """What start-up recovery is given (the engine implements it)."""
+
+    live: Live
+    store: Store
+    journal: Journal
+    clock: Clock
+    runner: RunnerEngine
+
+    @property
+    def run_id_prefix(self) -> str: ...
+
+    def persist(self, batch: Batch, events: tuple[AuditEvent, ...] = ()) -> bool: ...
+
+    def save_queue(self) -> bool: ...
+
+    def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec: ...
+
+    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run) -> Slot: ...
+
+
+def load(engine: Recovering) -> None:
+    """Read every state file into the live state."""
+    store, live = engine.store, engine.live
+    live.queue = store.load_daemon()
+    live.user = store.load_user()
     loaded, problems = store.load_batches()
     for p in problems:
         log.error("state: %s", p.message)
-        engine.problems.append(p)
+        live.problems.append(p)
     for state, retry in loaded:
         batch = Batch(state, retry)
-        engine.batches[batch.batch_id] = batch
+        live.batches[batch.batch_id] = batch
         engine.journal.loaded(batch)
     if store.temp_files_removed:
         log.info(
             "state: removed %d temp files left by an interrupted write (harmless)",
             store.temp_files_removed,
         )
-    top = max((b.state.seq for b in engine.batches.values()), default=0)
-    engine.daemon.next_seq = max(engine.daemon.next_seq, top + 1)
-    if queue.lift_trouble_pause(engine.daemon, engine.clock.now()):
+    top = max((b.state.seq for b in live.batches.values()), default=0)
+    live.queue.next_seq = max(live.queue.next_seq, top + 1)
+    if queue.lift_trouble_pause(live.queue, engine.clock.now()):
         log.info("queue: the pause for runner trouble is lifted at start; it returns if not fixed")
         engine.save_queue()
 
 
-async def recover(engine: Engine) -> list[Slot]:
+async def recover(engine: Recovering) -> list[Slot]:
     """Find the runs a killed daemon left; return those to wait on (adopted)."""
     adopted: list[Slot] = []
-    for batch in engine.batches.values():
+    for batch in engine.live.batches.values():
         attempt = batch.open_attempt()
         if attempt is None:
             continue
@@ -69,14 +95,14 @@ async def recover(engine: Engine) -> list[Slot]:
             attempt.attempt,
             run.describe() or "running",
         )
-        adopted.append(Slot(batch, index, engine.cwd_key(batch), spec, run=run))
+        adopted.append(engine.adopt(batch, index, spec, run))
     known = {slot.spec.run_id for slot in adopted}
     for line in await engine.runner.stop_orphans(engine.run_id_prefix, known):
         log.warning("recovery: stopped a run no attempt records: %s", line)
     return adopted
 
 
-def _interrupted(engine: Engine, batch: Batch, index: int, number: int) -> None:
+def _interrupted(engine: Recovering, batch: Batch, index: int, number: int) -> None:
     batch.mark_interrupted(engine.clock.now(), "interrupted: the daemon stopped during the run")
     engine.persist(batch)
     log.info(

@@ -28,15 +28,18 @@ import anyio.abc
 import msgspec
 
 from batchd import commands, shapes
-from batchd.batch import BatchError
-from batchd.engine import Engine
+from batchd.commands import Control
+from batchd.errors import BadArgs, BadState, NotDurable, Refused, UnknownBatch
 from batchd.protocol import (
     COMMANDS,
     E_BAD_ARGS,
     E_BAD_REQUEST,
+    E_BAD_STATE,
     E_FORBIDDEN,
     E_INTERNAL,
+    E_IO,
     E_TOO_LARGE,
+    E_UNKNOWN_BATCH,
     E_UNKNOWN_COMMAND,
     MAX_LINE_BYTES,
     STALL_TIMEOUT_S,
@@ -61,8 +64,20 @@ class Request(msgspec.Struct, kw_only=True):
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
 
-Handler = Callable[[Engine, Any], Awaitable[Any]]
-Stream = Callable[[Engine, Any, dict[str, Any]], AsyncIterator[Any]]
+Handler = Callable[[Control, Any], Awaitable[Any]]
+Stream = Callable[[Control, Any, dict[str, Any]], AsyncIterator[Any]]
+
+# The core's domain errors (``errors``) as the wire's codes (SPEC 7).
+ERROR_CODES: dict[type[Refused], str] = {
+    UnknownBatch: E_UNKNOWN_BATCH,
+    BadState: E_BAD_STATE,
+    BadArgs: E_BAD_ARGS,
+    NotDurable: E_IO,
+}
+
+
+def error_code(e: Refused) -> str:
+    return ERROR_CODES.get(type(e), E_BAD_STATE)
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,7 @@ def error_line(req_id: object, code: str, message: str) -> bytes:
 
 
 class Connection:
-    def __init__(self, stream: anyio.abc.SocketStream, engine: Engine) -> None:
+    def __init__(self, stream: anyio.abc.SocketStream, engine: Control) -> None:
         self.stream = stream
         self.engine = engine
         self.buf = bytearray()
@@ -208,8 +223,8 @@ class Connection:
         assert command.handler is not None
         try:
             result = await command.handler(self.engine, args)
-        except BatchError as e:
-            await self.send(error_line(req.id, e.code, e.message))
+        except Refused as e:
+            await self.send(error_line(req.id, error_code(e), e.message))
             return True
         except Exception as e:
             log.exception("control: %s failed", req.cmd)
@@ -235,8 +250,8 @@ class Connection:
                 async for event in events:
                     await self.send(_line({"v": VERSION, "id": req_id, "event": event}))
                 await self.send(_line({"v": VERSION, "id": req_id, "ok": True, "result": final}))
-            except BatchError as e:
-                await self.send(error_line(req_id, e.code, e.message))
+            except Refused as e:
+                await self.send(error_line(req_id, error_code(e), e.message))
             tg.cancel_scope.cancel()
 
 
@@ -250,7 +265,7 @@ def peer_uid(stream: anyio.abc.SocketStream) -> int | None:
     return int(uid)
 
 
-async def handle_client(stream: anyio.abc.SocketStream, engine: Engine) -> None:
+async def handle_client(stream: anyio.abc.SocketStream, engine: Control) -> None:
     async with stream:
         try:
             uid = peer_uid(stream)
@@ -317,6 +332,6 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def serve(listener: anyio.abc.SocketListener, engine: Engine) -> None:
+async def serve(listener: anyio.abc.SocketListener, engine: Control) -> None:
     async with listener:
         await listener.serve(lambda stream: handle_client(stream, engine))

@@ -1,33 +1,60 @@
-"""What the daemon shows: status, list, show, systemd's STATUS= line, and log wording.
+"""What the daemon shows: status, list and show (SPEC 7 and 8). Read only.
 
-Read only: nothing here changes a batch, writes a file or wakes anyone. The
-shapes returned are those of ``shapes`` (SPEC 7 and 8). Human text counts
-features from 1 ("feature 2/5"); indices in the data stay 0-based.
+Views read the live state through ``Reader`` (the engine implements it) and
+return the shapes of ``shapes``. Nothing here changes a batch, writes a file,
+wakes anyone or does IO per request (the pid, the cwd keys and the consent
+of each cwd are cached by the reader).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
-from batchd import __version__, policy, shapes
-from batchd.batch import PAUSE_BREAKER, PAUSE_COST, Batch, Settings, Step
-from batchd.classify import Verdict, sanitize
+from batchd import __version__, shapes
+from batchd.batch import Batch
+from batchd.clock import Clock
+from batchd.config import Config
+from batchd.live import Live, Slot
 from batchd.store import Problem
-
-if TYPE_CHECKING:
-    from batchd.engine import Engine, Slot
 
 RECENT_FINISHED = 20  # finished batches in status; ``list`` has them all
 
 
-def status(engine: Engine) -> shapes.Status:
+class Reader(Protocol):
+    """The read-only surface views are given."""
+
+    live: Live
+    clock: Clock
+    backend: str
+    started: float
+    pid: int
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def engine_name(self) -> str: ...
+
+    @property
+    def queue_pause_reason(self) -> str | None: ...
+
+    def global_consent(self) -> bool: ...
+
+    def consent_shown(self, batch: Batch) -> bool: ...
+
+    def cwd_key(self, batch: Batch) -> str: ...
+
+    def log_path(self, batch: Batch, index: int, attempt: int) -> Path: ...
+
+
+def status(engine: Reader) -> shapes.Status:
+    live = engine.live
     now = engine.clock.now()
-    unfinished = [b for b in engine.batches.values() if not b.finished]
-    finished = [b for b in engine.batches.values() if b.finished]
+    unfinished = [b for b in live.batches.values() if not b.finished]
+    finished = [b for b in live.batches.values() if b.finished]
     recent = sorted(finished, key=lambda b: b.state.updated_at)[-RECENT_FINISHED:]
     shown = sorted(unfinished + recent, key=lambda b: b.state.seq)
     mean = _mean_duration(shown)
@@ -36,23 +63,23 @@ def status(engine: Engine) -> shapes.Status:
     p = engine.cfg.paths
     return {
         "daemon": {
-            "pid": os.getpid(),
+            "pid": engine.pid,
             "version": __version__,
             "backend": engine.backend,
-            "engine": engine.runner.name,
+            "engine": engine.engine_name,
             "uptime_s": round(now - engine.started, 3),
         },
         "queue_paused": engine.queue_pause_reason is not None,
         "pause_reason": engine.queue_pause_reason,
-        "problems": [problem_item(p) for p in engine.problems],
+        "problems": [problem_item(p) for p in live.problems],
         "retry_enabled": engine.global_consent(),
-        "slots": engine.slots,
+        "slots": engine.cfg.queue.slots,
         "running": running,
         "current": running[0] if running else None,
         "next_retry_at": min(waits) if waits else None,
         "finished_total": len(finished),
         "batches": [batch_item(engine, b, mean) for b in shown],
-        "total_cost_usd": round(sum(b.state.cost_usd for b in engine.batches.values()), 6),
+        "total_cost_usd": round(sum(b.state.cost_usd for b in live.batches.values()), 6),
         "paths": {
             "config": str(p.config),
             "spool_dir": str(p.spool_dir),
@@ -66,17 +93,17 @@ def problem_item(p: Problem) -> shapes.ProblemItem:
     return {"kind": p.kind, "message": p.message, "batch_id": p.batch_id}
 
 
-def list_batches(engine: Engine) -> shapes.BatchList:
-    batches = list(engine.batches.values())
+def list_batches(engine: Reader) -> shapes.BatchList:
+    batches = list(engine.live.batches.values())
     mean = _mean_duration(batches)
     return {"batches": [batch_item(engine, b, mean) for b in batches]}
 
 
-def show(engine: Engine, batch: Batch) -> shapes.Show:
-    slot = engine.running.get(batch.batch_id)
+def show(engine: Reader, batch: Batch) -> shapes.Show:
+    slot = engine.live.running.get(batch.batch_id)
     running = slot.index if slot is not None and batch.open_attempt() is not None else None
     return {
-        "batch": batch_item(engine, batch, _mean_duration(list(engine.batches.values()))),
+        "batch": batch_item(engine, batch, _mean_duration(list(engine.live.batches.values()))),
         "feature_states": batch.feature_states(running),
         "running": running_item(engine, slot) if slot is not None else None,
         "state": msgspec.to_builtins(batch.state),
@@ -84,7 +111,7 @@ def show(engine: Engine, batch: Batch) -> shapes.Show:
     }
 
 
-def batch_item(engine: Engine, batch: Batch, global_mean: float | None) -> shapes.BatchItem:
+def batch_item(engine: Reader, batch: Batch, global_mean: float | None) -> shapes.BatchItem:
     s, r = batch.state, batch.retry
     left = s.total_features - len(batch.settled)
     mean = _mean_duration([batch]) if s.processing_history else None
@@ -101,7 +128,7 @@ def batch_item(engine: Engine, batch: Batch, global_mean: float | None) -> shape
         "failed": len(s.failed_features),
         "skipped": len(s.skipped_features),
         "current_index": s.current_index,
-        "retry_enabled": engine.consent_for(batch),
+        "retry_enabled": engine.consent_shown(batch),
         "circuit_breaker_open": r.circuit_breaker_open,
         "consecutive_failures": r.consecutive_failures,
         "next_attempt_at": r.next_attempt_at,
@@ -126,12 +153,12 @@ def _mean_duration(batches: list[Batch]) -> float | None:
     return total / n if n else None
 
 
-def running_items(engine: Engine) -> list[shapes.RunningItem]:
+def running_items(engine: Reader) -> list[shapes.RunningItem]:
     """Every running feature, in the order they started."""
-    return [running_item(engine, slot) for slot in engine.running.values()]
+    return [running_item(engine, slot) for slot in engine.live.running.values()]
 
 
-def running_item(engine: Engine, slot: Slot) -> shapes.RunningItem:
+def running_item(engine: Reader, slot: Slot) -> shapes.RunningItem:
     batch = slot.batch
     s = batch.state
     attempt = batch.open_attempt()
@@ -150,90 +177,3 @@ def running_item(engine: Engine, slot: Slot) -> shapes.RunningItem:
         "job_state": run.describe() if run is not None else None,
         "log_path": str(slot.spec.log_path),
     }
-
-
-def status_line(engine: Engine) -> str:
-    """systemd's ``STATUS=``: how many run and what, or why nothing does."""
-    if engine.running:
-        parts = [
-            f"{slot.batch.batch_id} {slot.index + 1}/{slot.batch.state.total_features}: "
-            f"{sanitize(slot.batch.state.features[slot.index], 60)}"
-            for slot in engine.running.values()
-        ]
-        n = len(parts)
-        return f"{n} running ({engine.slots} slots): " + "; ".join(parts)
-    if engine.queue_pause_reason:
-        return f"queue paused: {engine.queue_pause_reason}"
-    waiting = [b for b in engine.batches.values() if b.retry.next_attempt_at and not b.finished]
-    if waiting:
-        b = min(waiting, key=lambda b: b.retry.next_attempt_at or "")
-        return (
-            f"{b.batch_id}: waiting to retry feature {b.state.current_index + 1} "
-            f"until {b.retry.next_attempt_at}"
-        )
-    return "idle"
-
-
-# --- the daemon's log: every decision, with its reason in words ---------------------------
-
-_NOT_RETRIED = {
-    policy.CONSENT_NOT_GIVEN: (
-        "not retried: automatic retry is off (turn it on with 'batchctl consent --enable' "
-        "or BATCH_RETRY_ENABLED=true)"
-    ),
-    policy.GLOBAL_LIMIT: "not retried: the batch has used all its retries (retry.max_global)",
-    policy.BREAKER_OPEN: "not retried: the circuit breaker of this batch is open",
-    policy.PERMANENT: "not retried: a permanent failure",
-    policy.MAX_RETRIES: "not retried: the feature has used all its retries (retry.max_per_feature)",
-}
-
-
-def outcome_message(
-    batch: Batch, index: int, attempt: int, verdict: Verdict, step: Step, settings: Settings
-) -> tuple[int, str]:
-    """The log level and line for a recorded outcome (and what it led to)."""
-    where = f"{batch.batch_id}: feature {index + 1}/{batch.state.total_features}"
-    if verdict.outcome == "completed":
-        return logging.INFO, f"{where} completed (attempt {attempt})"
-    what = (
-        f"{where} attempt {attempt} {verdict.outcome} ({verdict.failure_type}): {verdict.message}"
-    )
-    if step.retry_delay is not None:
-        line = f"{what}; retry at {batch.retry.next_attempt_at} (in {step.retry_delay:.0f} s)"
-    else:
-        line = f"{what}; {_NOT_RETRIED.get(step.reason or '', 'not retried')}"
-    if step.breaker_opened:
-        line += (
-            f"; circuit breaker opened after {batch.retry.consecutive_failures} failures in a "
-            "row (breaker.threshold)"
-        )
-    if step.paused == PAUSE_BREAKER:
-        line += f"; batch paused by the breaker: 'batchctl reset-breaker {batch.batch_id}'"
-    if step.paused == PAUSE_COST:
-        line += "; " + cost_paused(batch, settings)
-    return logging.WARNING, line
-
-
-def cost_paused(batch: Batch, settings: Settings) -> str:
-    return (
-        f"{batch.batch_id}: paused: its cost {batch.state.cost_usd:.4f} USD reached "
-        f"limits.max_cost_usd ({settings.max_cost_usd:g}); raise the limit and reload, "
-        f"then 'batchctl resume {batch.batch_id}'"
-    )
-
-
-def batch_done(batch: Batch) -> str:
-    s = batch.state
-    return (
-        f"{batch.batch_id}: {s.status} ({len(s.completed_features)} completed, "
-        f"{len(s.failed_features)} failed, {len(s.skipped_features)} skipped of "
-        f"{s.total_features})"
-    )
-
-
-def log_incomplete(batch: Batch, index: int, attempt: int, error: str, path: object) -> str:
-    return (
-        f"{batch.batch_id}: the log of feature {index + 1} attempt {attempt} is incomplete "
-        f"({error}; {path}); the run went on and its outcome is recorded: free space "
-        "on the state dir's file system"
-    )

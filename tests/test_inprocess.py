@@ -105,7 +105,7 @@ async def test_an_hour_of_backoff_takes_no_time_with_a_manual_clock(tmp_path: Pa
         w.submit("r.json", ["flaky fail_until=2"])
         await until(lambda: T0 + 3600 in clock.sleepers, "the engine asleep until the retry")
         assert len(w.starts()) == 1
-        [batch] = w.engine.batches.values()
+        [batch] = w.engine.live.batches.values()
         assert batch.retry.next_attempt_at == "2030-03-17T18:46:40.000000Z"  # T0 + 3600
         clock.advance(3600)
         await until(lambda: batch.finished, "the retry to run")
@@ -120,7 +120,7 @@ async def test_a_breaker_cooldown_half_opens_on_the_clock(tmp_path: Path) -> Non
     config = '[breaker]\nthreshold = 1\non_open = "pause"\ncooldown = 600\n'
     async with world(tmp_path, config, clock=clock) as w:
         w.submit("b.json", ["bad exit=1 stderr=TypeError", "good"])
-        [batch] = w.engine.batches.values()
+        [batch] = w.engine.live.batches.values()
         await until(lambda: batch.state.pause_reason == "breaker", "the breaker pause")
         await until(lambda: T0 + 600 in clock.sleepers, "the engine asleep until the cooldown")
         assert len(w.starts()) == 1
@@ -135,10 +135,10 @@ async def test_commands_work_on_the_engine_directly(tmp_path: Path) -> None:
     records the attempt interrupted; resume by seq runs it again; status says so."""
     async with world(tmp_path) as w:
         w.submit("c.json", ["long sleep=30", "short"])
-        await until(lambda: w.starts() and w.engine.running, "the first feature running")
+        await until(lambda: w.starts() and w.engine.live.running, "the first feature running")
         reply = await commands.pause(w.engine, {"now": True})
         assert reply["stopped"] == 1
-        [batch] = w.engine.batches.values()
+        [batch] = w.engine.live.batches.values()
         assert batch.state.processing_history[-1].outcome == "interrupted"
         await commands.skip(w.engine, {"batch_id": 1, "index": 0})
         resumed = await commands.resume(w.engine, {"all": True})

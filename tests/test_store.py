@@ -256,10 +256,11 @@ def test_state_encoder_gives_the_plain_encoding_at_every_step() -> None:
     """The cached encoder writes byte for byte what msgspec writes, through every transition."""
     import random
 
-    from batchd.batch import Batch, Settings
+    from batchd.batch import Batch
     from batchd.classify import Verdict
     from batchd.stateenc import StateEncoder
     from batchd.store import encode
+    from batchd.transitions import Settings
 
     rng = random.Random(5)
     state = make_state(n=40)

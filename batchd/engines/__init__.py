@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from batchd.classify import RawResult
+
+if TYPE_CHECKING:
+    from batchd.config import Config
 
 SpawnKind = Literal["cwd", "runner", "submit"]
 
@@ -110,6 +113,10 @@ class RunnerEngine(Protocol):
     async def stop_orphans(self, run_id_prefix: str, known: set[str]) -> list[str]:
         """Stop every run of this state dir (its run id starts with ``run_id_prefix``)
         whose run id is not in ``known``; say what was stopped, one line each."""
+        ...
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A good reload: take the engine's own settings (``[slurm]``) from ``cfg``."""
         ...
 
     async def aclose(self) -> None:

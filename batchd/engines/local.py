@@ -11,12 +11,16 @@ again, uncharged.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import anyio
 
 from batchd import procfs
 from batchd.engines import LaunchSpec, Run, RunRef
 from batchd.engines.process import Launch, kill_group, spawn
+
+if TYPE_CHECKING:
+    from batchd.config import Config
 
 
 class LocalEngine:
@@ -58,6 +62,9 @@ class LocalEngine:
                     await kill_group(pgid, 5.0)
             stopped.append(f"process {pid} (group {pgid})")
         return stopped
+
+    def reconfigure(self, cfg: Config) -> None:
+        return None  # nothing of its own to configure
 
     async def aclose(self) -> None:
         return None

@@ -28,12 +28,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from batchd import store
 from batchd.classify import RawResult, sanitize
 from batchd.engines import LaunchSpec, RunRef, SpawnError
+
+if TYPE_CHECKING:
+    from batchd.config import Config
 
 log = logging.getLogger("batchd.slurm")
 
@@ -410,6 +414,11 @@ class SlurmEngine:
             else:
                 log.warning("cannot cancel unrecorded Slurm job %s (%s)", job_id, name)
         return stopped
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: new ``slurm.sbatch_args`` and ``poll_interval`` apply to the next jobs."""
+        self.sbatch_args = list(cfg.slurm.sbatch_args)
+        self.poll_interval = float(cfg.slurm.poll_interval)
 
     async def aclose(self) -> None:
         """Nothing to release: the poller lives in the waiters, and jobs run on by design."""

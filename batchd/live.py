@@ -1,0 +1,92 @@
+"""The daemon's in-memory truth: the batches, the features running now, the queue, problems.
+
+``Live`` is plain data with two small duties: ``touch`` (something changed:
+wake the loop and the watchers) and the problem list (one problem per kind).
+The engine owns the one ``Live`` and hands it to the parts that change it
+(a feature's life, the commands, intake, recovery) and to the views that
+read it. Nothing here does IO, starts anything or decides anything.
+
+``Slot`` is one feature that holds a slot: its batch, index, cwd (after
+realpath), what it was started with, and the run once it is started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+
+from batchd.batch import Batch
+from batchd.engines import LaunchSpec, Run
+from batchd.model import DaemonState, UserState
+from batchd.store import Problem
+
+
+@dataclass(eq=False)
+class Slot:
+    """A batch that holds a slot: its feature runs (or its before_feature hook does)."""
+
+    batch: Batch
+    index: int
+    cwd: str  # after realpath: no other feature runs there meanwhile
+    spec: LaunchSpec
+    run: Run | None = None
+    stop_reason: str | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    def stop(self, reason: str) -> None:
+        """End the feature now (the first reason counts); its life records the outcome."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.run is not None:
+            self.run.stop(reason)
+
+
+class Live:
+    def __init__(self) -> None:
+        self.batches: dict[str, Batch] = {}
+        self.running: dict[str, Slot] = {}  # batch id -> its slot, in start order
+        self.queue = DaemonState()  # daemon.json
+        self.user = UserState()  # user_state.json
+        self.problems: list[Problem] = []
+        self.stopping = False  # SIGTERM: start nothing more
+        self.version = 0  # counts changes, for watchers
+        self.changed = anyio.Event()  # set (and replaced) on every change
+        self.wake = anyio.Event()  # the engine's loop: plan again
+
+    def touch(self) -> None:
+        """Something changed: wake the loop and the watchers."""
+        self.version += 1
+        self.changed.set()
+        self.changed = anyio.Event()
+        self.wake.set()
+        self.wake = anyio.Event()
+
+    def set_problem(self, kind: str, message: str | None, batch_id: str | None = None) -> None:
+        """Report (or, with None, clear) the one problem of ``kind``."""
+        self.problems = [p for p in self.problems if p.kind != kind]
+        if message is not None:
+            self.problems.append(Problem(kind, message, batch_id))
+        self.touch()
+
+    def has_problem(self, kind: str) -> bool:
+        return any(p.kind == kind for p in self.problems)
+
+    async def stop_run(self, batch: Batch, reason: str, index: int | None = None) -> bool:
+        """Stop the batch's running feature (only ``index``, if given) and wait until its
+        outcome is recorded; False when nothing of it was running."""
+        slot = self.running.get(batch.batch_id)
+        if slot is None or (index is not None and slot.index != index):
+            return False
+        slot.stop(reason)
+        await slot.done.wait()
+        return True
+
+    async def stop_all_runs(self, reason: str) -> int:
+        """Stop every running feature and wait until each outcome is recorded."""
+        slots = list(self.running.values())
+        for slot in slots:
+            slot.stop(reason)
+        for slot in slots:
+            await slot.done.wait()
+        return len(slots)

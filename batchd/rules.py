@@ -1,0 +1,71 @@
+"""The rules of the current configuration, as the running daemon uses them.
+
+``Rules`` is made from a ``Config`` once per start and per good reload: the
+settings the batch transitions take, the classifier, the runner's base
+environment. It is immutable; a reload replaces it as a whole, so a
+feature's life reads one consistent set. Also here: which reload changes
+need a restart (a decision, so it is pure and tested).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgspec
+
+from batchd.batch import Batch
+from batchd.classify import Classifier
+from batchd.config import Config
+from batchd.systemd import child_env
+from batchd.transitions import Settings, settings_from
+
+
+@dataclass(frozen=True)
+class Rules:
+    cfg: Config
+    settings: Settings
+    classifier: Classifier
+    base_env: dict[str, str]  # the daemon's environment as a runner gets it
+
+    @classmethod
+    def make(cls, cfg: Config, env: Mapping[str, str]) -> Rules:
+        c = cfg.classify
+        classifier = Classifier.build(
+            c.transient_patterns,
+            c.permanent_patterns,
+            c.transient_exit_codes,
+            allow_permission_denials=cfg.runner.allow_permission_denials,
+            timeout_s=float(cfg.runner.timeout),
+        )
+        return cls(cfg, settings_from(cfg), classifier, child_env(env))
+
+    def effective_cwd(self, batch: Batch) -> str:
+        """Where the batch's features run: its cwd, else runner.cwd, else home."""
+        if batch.state.cwd:
+            return batch.state.cwd
+        if self.cfg.runner.cwd:
+            return os.path.expanduser(self.cfg.runner.cwd)
+        return os.path.expanduser("~")
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What a reload applies: the new config with what needs a restart kept as it was."""
+
+    cfg: Config
+    kept: tuple[str, ...]  # what was not applied, in words, for the log
+
+
+def plan_reload(old: Config, new: Config) -> Reload:
+    """Paths (spool, state, socket) and ``runner.engine`` need a restart: keep the old ones."""
+    kept = []
+    if new.paths != old.paths:
+        kept.append("path changes (spool, state, socket) need a restart; kept the old")
+        new = msgspec.structs.replace(new, paths=old.paths)
+    if new.runner.engine != old.runner.engine:
+        kept.append(f"runner.engine changes need a restart; kept {old.runner.engine!r}")
+        runner = msgspec.structs.replace(new.runner, engine=old.runner.engine)
+        new = msgspec.structs.replace(new, file=msgspec.structs.replace(new.file, runner=runner))
+    return Reload(new, tuple(kept))
