@@ -45,6 +45,10 @@ from batchd.transitions import (
 
 __all__ = ["PAUSE_BREAKER", "PAUSE_COST", "PAUSE_USER", "Batch", "new_batch", "settings_from"]
 
+# Outcomes that are nobody's failure: the feature keeps its place and its attempt number
+# (the same log goes on), no retry is charged, the breaker is untouched.
+UNCHARGED = frozenset({"interrupted", "limited"})
+
 
 def new_batch(
     *,
@@ -107,23 +111,30 @@ class Batch:
             return hist[-1]
         return None
 
-    def candidate(self, now: float, cooldown: float, cwd: str) -> Candidate | None:
+    def candidate(
+        self, now: float, cooldown: float, cwd: str, limit_until: float | None = None
+    ) -> Candidate | None:
         """What the scheduler needs to know of this batch; None when it has nothing to run.
 
         The one rule of when a batch may start its next feature: not finished, a feature
         left, not paused, except the breaker's half-open probe after its cooldown; a
-        pending retry (``ready_at``) keeps its cwd reserved meanwhile.
+        pending retry (``ready_at``) keeps its cwd reserved meanwhile; its runner
+        profile's usage-limit wait (``limit_until``) holds it without reserving the cwd.
         """
         s = self.state
         if s.status in FINISHED or s.current_index >= s.total_features:
             return None
+        profile = s.runner
         if s.status == "paused":
             opened = self.retry.breaker_opened_at
             if s.pause_reason != PAUSE_BREAKER or cooldown <= 0 or opened is None:
                 return None  # paused until someone resumes it
-            probe_at = parse_iso(opened) + cooldown
-            return Candidate(self.batch_id, s.seq, cwd, ready_at=probe_at, reserves_cwd=False)
-        return Candidate(self.batch_id, s.seq, cwd, ready_at=self.wait_until(), reserves_cwd=True)
+            probe_at = max(parse_iso(opened) + cooldown, limit_until or 0.0)
+            return Candidate(self.batch_id, s.seq, cwd, probe_at, False, profile)
+        retry_at = self.wait_until()
+        if limit_until is not None and (retry_at is None or limit_until > retry_at):
+            return Candidate(self.batch_id, s.seq, cwd, limit_until, False, profile)
+        return Candidate(self.batch_id, s.seq, cwd, retry_at, True, profile)
 
     def runnable(self, now: float, cooldown: float) -> bool:
         """May this batch's next feature be started now (retry waits aside)? ``candidate``'s
@@ -144,7 +155,7 @@ class Batch:
         if last is None:
             return 1
         number, outcome = last
-        return number if outcome in (None, "interrupted") else number + 1
+        return number if outcome is None or outcome in UNCHARGED else number + 1
 
     def feature_states(self, running: int | None) -> list[str]:
         """Per feature: completed, failed, skipped, running, cancelled (never to run) or pending."""
@@ -247,7 +258,7 @@ class Batch:
             s.context_token_estimate += verdict.tokens
         if verdict.cost_usd:
             s.cost_usd = round(s.cost_usd + verdict.cost_usd, 6)
-        if verdict.outcome == "interrupted" or index in self.settled:
+        if verdict.outcome in UNCHARGED or index in self.settled:
             step = Step()
         elif verdict.outcome == "completed":
             step = self._completed(index, settings, now)

@@ -30,7 +30,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from batchd import feature, launch, queue, schedule, wording
+from batchd import feature, launch, limitwait, queue, schedule, wording
 from batchd.batch import Batch
 from batchd.clock import Clock, SystemClock
 from batchd.config import Config
@@ -242,17 +242,27 @@ class Engine:
             slot.stop("daemon stopping")
 
     def _plan(self) -> schedule.Plan:
+        live = self.live
         now = self.clock.now()
         cooldown = self.settings.policy.breaker_cooldown
+        waits = live.queue.limit_waits
         candidates = []
-        for batch in self.live.batches.values():
-            c = batch.candidate(now, cooldown, self.cwd_key(batch)) if not batch.finished else None
+        for batch in live.batches.values():
+            if batch.finished:
+                continue
+            until = limitwait.blocked_until(waits, batch.state.runner, now)
+            c = batch.candidate(now, cooldown, self.cwd_key(batch), until)
             if c is not None:
                 candidates.append(c)
-        running = {bid: slot.cwd for bid, slot in self.live.running.items()}
-        paused = self.live.queue.queue_paused or self.journal.failure is not None
-        slots = self.cfg.queue.slots
-        return schedule.plan(candidates, slots=slots, running=running, paused=paused, now=now)
+        return schedule.plan(
+            candidates,
+            slots=self.cfg.queue.slots,
+            running={bid: slot.cwd for bid, slot in live.running.items()},
+            paused=live.queue.queue_paused or self.journal.failure is not None,
+            now=now,
+            probing=limitwait.probing(waits, now),
+            running_profiles=[slot.batch.state.runner for slot in live.running.values()],
+        )
 
     async def _retry_writes(self) -> None:
         if self.journal.flush(self.live.batches):

@@ -9,7 +9,11 @@ The whole scheduling rule, in one function:
   nothing slips into that repository meanwhile;
 - whenever a slot is free, the lowest ``seq`` whose cwd is free goes first,
   so a slow batch never holds back a batch in another cwd;
-- nothing starts while the queue is paused.
+- nothing starts while the queue is paused;
+- a runner profile that waits for its usage limit starts nothing (its
+  candidates carry the wait as ``ready_at``, without reserving their cwd);
+  once the wait has passed, the profile is ``probing``: one feature of it at a
+  time, until that probe's outcome ends the wait or starts a new one.
 
 ``plan`` takes values, ``now`` included, and returns a ``Plan``; the engine
 carries it out and calls ``plan`` again whenever something changed or the
@@ -18,7 +22,7 @@ plan's ``wake_at`` has come.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -31,6 +35,7 @@ class Candidate:
     cwd: str  # the effective working directory, after realpath
     ready_at: float | None = None  # not before: a retry wait, or a breaker's half-open time
     reserves_cwd: bool = True  # while waiting for ready_at, keep the cwd for itself
+    profile: str = "default"  # the runner profile (usage-limit waits are per profile)
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,12 @@ def plan(
     running: Mapping[str, str],
     paused: bool,
     now: float,
+    probing: Collection[str] = (),
+    running_profiles: Collection[str] = (),
 ) -> Plan:
-    """Decide what starts now. ``running`` maps each busy batch id to its cwd."""
+    """Decide what starts now. ``running`` maps each busy batch id to its cwd;
+    ``running_profiles`` is the profile of each running feature; ``probing`` the
+    profiles that may run one feature at a time (their usage-limit probe)."""
     waiting = [c for c in candidates if c.batch_id not in running]
     wake_at = min(
         (c.ready_at for c in waiting if c.ready_at is not None and c.ready_at > now), default=None
@@ -56,15 +65,18 @@ def plan(
         return Plan((), None)
     busy = set(running.values())
     busy.update(c.cwd for c in waiting if c.reserves_cwd and _later(c, now))
+    probes_busy = set(running_profiles) & set(probing)
     free = slots - len(running)
     start: list[str] = []
     for c in sorted(waiting, key=lambda c: c.seq):
         if free <= 0:
             break
-        if _later(c, now) or c.cwd in busy:
+        if _later(c, now) or c.cwd in busy or c.profile in probes_busy:
             continue
         start.append(c.batch_id)
         busy.add(c.cwd)
+        if c.profile in probing:
+            probes_busy.add(c.profile)
         free -= 1
     return Plan(tuple(start), wake_at)
 

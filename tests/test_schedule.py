@@ -130,3 +130,44 @@ def test_invariants(
             ready = x.ready_at is None or x.ready_at <= NOW
             if ready and x.cwd not in cwds_used and x.cwd not in reserved:
                 assert x.batch_id in got.start
+
+
+# --- usage-limit waits per runner profile (SPEC 13) -----------------------------------------
+
+
+def p(bid: str, seq: int, cwd: str, profile: str, ready_at: float | None = None) -> Candidate:
+    """A candidate on runner profile ``profile``; a limit wait holds it without its cwd."""
+    return Candidate(
+        bid, seq, cwd, ready_at=ready_at, reserves_cwd=ready_at is None, profile=profile
+    )
+
+
+def test_a_profile_waiting_for_its_limit_lets_the_other_profile_run() -> None:
+    """claude waits (ready_at in an hour, cwd not reserved): codex starts, even in that cwd;
+    the plan wakes when claude's wait ends."""
+    cands = [p("a", 1, "/repo", "claude", NOW + 3600), p("b", 2, "/repo", "codex")]
+    got = plan(cands, slots=2, running={}, paused=False, now=NOW)
+    assert got == Plan(("b",), NOW + 3600)
+
+
+def test_after_the_wait_one_probe_runs_per_profile() -> None:
+    """The wait passed (claude probing): one claude feature starts, the second claude batch
+    waits for the probe's outcome; codex runs beside it."""
+    cands = [p("a", 1, "/a", "claude"), p("b", 2, "/b", "claude"), p("c", 3, "/c", "codex")]
+    got = plan(cands, slots=3, running={}, paused=False, now=NOW, probing={"claude"})
+    assert got == Plan(("a", "c"), None)
+
+
+def test_a_running_probe_holds_its_profile() -> None:
+    """While the probe runs, nothing else of its profile starts, though slots are free."""
+    cands = [p("b", 2, "/b", "claude"), p("c", 3, "/c", "codex")]
+    got = plan(
+        cands,
+        slots=3,
+        running={"a": "/a"},
+        paused=False,
+        now=NOW,
+        probing={"claude"},
+        running_profiles=["claude"],
+    )
+    assert got == Plan(("c",), None)
