@@ -40,11 +40,13 @@ Reload = Callable[[], Config]
 
 
 def limits_from(cfg: Config) -> Limits:
+    """The spool's limits, and the runner profiles a batch may name."""
     s = cfg.spool
     return Limits(
         max_file_bytes=s.max_file_bytes,
         max_features=s.max_features,
         max_line_chars=s.max_line_chars,
+        runners=cfg.profile_names(),
     )
 
 
@@ -107,6 +109,7 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
         async with anyio.create_task_group() as tg:
             await tg.start(_signals, engine)
             recovery.load(engine)
+            engine.check_batches()
             adopted = await recovery.recover(engine)
             sock, own_socket = _socket(cfg)
             if sock is None:

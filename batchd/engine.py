@@ -42,7 +42,7 @@ from batchd.journal import Journal
 from batchd.live import Live, Slot
 from batchd.model import AuditEvent
 from batchd.policy import consent
-from batchd.rules import Rules
+from batchd.rules import Rules, missing_profile
 from batchd.store import Store
 from batchd.transitions import Settings
 
@@ -118,9 +118,19 @@ class Engine:
         """Use ``cfg`` from now on (start, or a good reload)."""
         self._rules = Rules.make(cfg, self.env)
         self._cwd_keys.clear()
+        self.check_batches()
+
+    def check_batches(self) -> None:
+        """Pause what the configuration no longer allows: a batch over its cost cap, a
+        batch on a runner profile that is gone (at start and after each reload)."""
         now = self.clock.now()
         for batch in self.live.batches.values():
-            if batch.enforce_cost_cap(self.settings, now):
+            missing = missing_profile(batch, self.cfg)
+            if missing is not None and batch.state.status != "paused":
+                batch.pause(now, missing)
+                log.error("%s: paused: %s", batch.batch_id, missing)
+                self.persist(batch)
+            elif batch.enforce_cost_cap(self.settings, now):
                 log.warning("%s", wording.cost_paused(batch, self.settings))
                 self.persist(batch)
 
@@ -295,10 +305,12 @@ class Engine:
         return slot
 
     def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec:
-        """What to run for feature ``index`` now (``run_id``: the recorded one, after a restart)."""
+        """What to run for feature ``index`` now (``run_id``: the recorded one, after a restart),
+        with the batch's runner profile (``[runner]`` when the profile is gone: a reload that
+        removed it paused the batch, so this is only a run found again after a restart)."""
         number = batch.attempt_number(index)
         return launch.spec(
-            self.cfg.runner,
+            self._rules.runner(batch) or self.cfg.runner,
             self._rules.base_env,
             batch,
             index,

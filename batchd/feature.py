@@ -209,7 +209,8 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
         log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
         return
     rules = host.rules
-    verdict = rules.classifier.judge(raw, rules.cfg.runner.output_format)
+    runner = rules.runner(batch) or rules.cfg.runner
+    verdict = rules.classifier_for(batch).judge(raw, runner.output_format)
     await _finish(host, slot, verdict, raw.exit_code, ran=True)
 
 

@@ -17,7 +17,7 @@ import msgspec
 
 from batchd.batch import Batch
 from batchd.classify import Classifier
-from batchd.config import Config
+from batchd.config import DEFAULT_PROFILE, Config, RunnerConfig
 from batchd.systemd import child_env
 from batchd.transitions import Settings, settings_from
 
@@ -26,20 +26,28 @@ from batchd.transitions import Settings, settings_from
 class Rules:
     cfg: Config
     settings: Settings
-    classifier: Classifier
+    classifiers: dict[str, Classifier]  # per runner profile
     base_env: dict[str, str]  # the daemon's environment as a runner gets it
 
     @classmethod
     def make(cls, cfg: Config, env: Mapping[str, str]) -> Rules:
-        c = cfg.classify
-        classifier = Classifier.build(
-            c.transient_patterns,
-            c.permanent_patterns,
-            c.transient_exit_codes,
-            allow_permission_denials=cfg.runner.allow_permission_denials,
-            timeout_s=float(cfg.runner.timeout),
-        )
-        return cls(cfg, settings_from(cfg), classifier, child_env(env))
+        classifiers = {name: _classifier(cfg, name) for name in cfg.profile_names()}
+        return cls(cfg, settings_from(cfg), classifiers, child_env(env))
+
+    @property
+    def classifier(self) -> Classifier:
+        return self.classifiers[DEFAULT_PROFILE]
+
+    def runner(self, batch: Batch) -> RunnerConfig | None:
+        """The ``[runner]`` settings of the batch's profile; None when the configuration
+        has no such profile (any more)."""
+        try:
+            return self.cfg.profile(batch.state.runner)
+        except KeyError:
+            return None
+
+    def classifier_for(self, batch: Batch) -> Classifier:
+        return self.classifiers.get(batch.state.runner) or self.classifier
 
     def effective_cwd(self, batch: Batch) -> str:
         """Where the batch's features run: its cwd, else runner.cwd, else home."""
@@ -48,6 +56,31 @@ class Rules:
         if self.cfg.runner.cwd:
             return os.path.expanduser(self.cfg.runner.cwd)
         return os.path.expanduser("~")
+
+
+def _classifier(cfg: Config, profile: str) -> Classifier:
+    c, runner = cfg.classify, cfg.profile(profile)
+    return Classifier.build(
+        c.transient_patterns,
+        c.permanent_patterns,
+        c.transient_exit_codes,
+        allow_permission_denials=runner.allow_permission_denials,
+        timeout_s=float(runner.timeout),
+    )
+
+
+def missing_profile(batch: Batch, cfg: Config) -> str | None:
+    """The pause reason of an unfinished batch whose runner profile the configuration no
+    longer has (a reload removed it), else None."""
+    name = batch.state.runner
+    if batch.finished or name in cfg.profile_names():
+        return None
+    known = ", ".join(sorted(cfg.profile_names()))
+    return (
+        f"runner_unavailable: the runner profile {name!r} is not in {cfg.paths.config} "
+        f"(profiles: {known}); add [runners.{name}] and reload ('batchctl reload'), then "
+        f"'batchctl resume {batch.batch_id}'"
+    )
 
 
 @dataclass(frozen=True)

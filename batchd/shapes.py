@@ -121,6 +121,8 @@ class BatchItem(TypedDict):
     cwd: str | None  # as submitted
     workdir: str  # where its features run (cwd, else runner.cwd, else home)
     source_type: str
+    runner: str  # its runner profile ("default": [runner])
+    limit_until: str | None  # its profile waits for the agent's usage limit until then
 
 
 class Paths(TypedDict):
@@ -128,6 +130,14 @@ class Paths(TypedDict):
     spool_dir: str
     state_dir: str
     socket: str
+
+
+class LimitWaitItem(TypedDict):
+    runner: str  # the profile
+    until: str  # nothing of it starts before this (ISO 8601 UTC)
+    since: str
+    message: str  # the agent's words
+    in_words: str  # "waiting for claude's usage limit: until ..., in 3 h 12 min"
 
 
 class Status(TypedDict):
@@ -144,6 +154,7 @@ class Status(TypedDict):
     batches: list[BatchItem]
     total_cost_usd: float
     paths: Paths
+    limit_waits: list[LimitWaitItem]
 
 
 class BatchList(TypedDict):

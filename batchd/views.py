@@ -8,16 +8,18 @@ of each cwd are cached by the reader).
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
-from batchd import __version__, shapes
+from batchd import __version__, limitwait, shapes
 from batchd.batch import Batch
 from batchd.clock import Clock
 from batchd.config import Config
 from batchd.live import Live, Slot
+from batchd.model import parse_iso
 from batchd.store import Problem
 
 RECENT_FINISHED = 20  # finished batches in status; ``list`` has them all
@@ -86,6 +88,7 @@ def status(engine: Reader) -> shapes.Status:
             "state_dir": str(p.state_dir),
             "socket": str(p.socket),
         },
+        "limit_waits": limit_waits(engine),
     }
 
 
@@ -139,7 +142,33 @@ def batch_item(engine: Reader, batch: Batch, global_mean: float | None) -> shape
         "cwd": s.cwd,
         "workdir": engine.cwd_key(batch),
         "source_type": s.source_type,
+        "runner": s.runner,
+        "limit_until": _limit_until(engine, batch),
     }
+
+
+def _limit_until(engine: Reader, batch: Batch) -> str | None:
+    wait = engine.live.queue.limit_waits.get(batch.state.runner)
+    return wait.until if wait is not None and not batch.finished else None
+
+
+def limit_waits(engine: Reader) -> list[shapes.LimitWaitItem]:
+    """Every profile that waits for its agent's usage limit, in words too."""
+    now = engine.clock.now()
+    items: list[shapes.LimitWaitItem] = []
+    for profile, wait in sorted(engine.live.queue.limit_waits.items()):
+        local = datetime.fromtimestamp(parse_iso(wait.until)).astimezone()
+        shown = local.strftime("%Y-%m-%d %H:%M %Z")
+        items.append(
+            {
+                "runner": profile,
+                "until": wait.until,
+                "since": wait.since,
+                "message": wait.message,
+                "in_words": limitwait.in_words(profile, wait, now, shown),
+            }
+        )
+    return items
 
 
 def _mean_duration(batches: list[Batch]) -> float | None:

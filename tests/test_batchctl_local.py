@@ -863,6 +863,8 @@ def batch_item(**over: Any) -> shapes.BatchItem:
         "cwd": "/home/me/" + "deep/" * 30,
         "workdir": "/home/me/" + "deep/" * 30,
         "source_type": "file",
+        "runner": "default",
+        "limit_until": None,
     }
     item.update(over)  # type: ignore[typeddict-item]
     return item
@@ -912,6 +914,7 @@ def status_result(**over: Any) -> shapes.Status:
         ],
         "total_cost_usd": 2469.1356,
         "paths": {"config": "/c", "spool_dir": "/s", "state_dir": "/t", "socket": "/k"},
+        "limit_waits": [],
     }
     st.update(over)  # type: ignore[typeddict-item]
     return st
