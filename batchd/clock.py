@@ -1,8 +1,9 @@
 """Time, injected: the engine asks a ``Clock`` for the wall time and to sleep until a moment.
 
 ``SystemClock`` is the real one. Tests pass a clock whose time they move by
-hand, so retry waits and breaker cooldowns take no real time. Runner
-timeouts are real time inside the engines and do not go through the clock.
+hand, so retry waits and breaker cooldowns take no real time.
+``MonotonicClock`` is the same on a clock that never jumps: for deadlines
+that nothing records (the Slurm engine's timeouts, kill grace and polls).
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ class SystemClock:
         return time.time()
 
     async def sleep_until(self, when: float | None, wake: anyio.Event) -> None:
-        delay = math.inf if when is None else max(0.0, when - time.time())
+        delay = math.inf if when is None else max(0.0, when - self.now())
         with anyio.move_on_after(delay):
             await wake.wait()
+
+
+class MonotonicClock(SystemClock):
+    """Seconds since an arbitrary moment, never set back: never for what state files record."""
+
+    def now(self) -> float:
+        return time.monotonic()
 
 
 class ManualClock:

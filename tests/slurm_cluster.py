@@ -26,6 +26,11 @@ What munge and Slurm refuse, found by trying (munge 0.5.15, Slurm 22.05):
   scheduler looks at it: submit-to-start took 3.0 s (median of 10) with the
   default and 1.0 s with 0, the rest being slurmctld's one-second background
   loop. 0 here keeps the tests quick; a real cluster keeps its own setting.
+- Preemption, for the test of a ``PREEMPTED`` job: a second partition
+  ``urgent`` (``PriorityTier=2``) over the same node, with
+  ``PreemptType=preempt/partition_prio`` and ``PreemptMode=CANCEL``: an
+  ``--exclusive`` job there ends every job of ``debug`` on the node, which
+  Slurm then records as ``JobState=PREEMPTED`` (the program gets TERM first).
 - Daemons run in the foreground (``-D``, ``--foreground``) as our children, so
   that we know their pids and reap them; a job's slurmstepd outlives slurmd, so
   ``stop()`` cancels every job before it stops the daemons.
@@ -190,6 +195,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
@@ -199,13 +206,13 @@ MinJobAge={MIN_JOB_AGE}
 KillWait=2
 SlurmdParameters=config_overrides
 NodeName={node} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes={node} MaxTime=INFINITE State=UP PriorityTier=2
 """
 
 
-def start_cluster() -> Cluster:
-    """Start a private cluster; the caller must ``stop()`` it. Raises if it does not come up."""
-    t0 = time.monotonic()
+def _make_dirs() -> Path:
+    """The temp dir and its parts, each with the mode munge and Slurm accept (see above)."""
     root = Path(tempfile.mkdtemp(prefix="batchd-slurm-"))
     os.chmod(root, 0o711)
     for sub, mode in (
@@ -217,35 +224,36 @@ def start_cluster() -> Cluster:
     ):
         (root / sub).mkdir(mode=mode)
         os.chmod(root / sub, mode)
+    return root
+
+
+def _start_munged(cluster: Cluster, munge: Path) -> None:
+    cluster.start_daemon(
+        _which("munged"),
+        "--foreground",
+        f"--key-file={munge / 'key'}",
+        f"--socket={munge / 'sock'}",
+        f"--pid-file={munge / 'pid'}",
+        f"--log-file={munge / 'log'}",
+        f"--seed-file={munge / 'seed'}",
+    )
+    if not _wait_until(lambda: (munge / "sock").exists(), START_DEADLINE):
+        raise RuntimeError(f"munged did not create its socket: {cluster.log('munged.out')}")
+
+
+def start_cluster() -> Cluster:
+    """Start a private cluster; the caller must ``stop()`` it. Raises if it does not come up."""
+    t0 = time.monotonic()
+    root = _make_dirs()
     munge = root / "munge"
     _write(munge / "key", os.urandom(1024), 0o400)
     node = socket.gethostname().split(".")[0]
-    ports = _free_ports(2)
     conf = root / "slurm.conf"
-    _write(conf, _slurm_conf(root, node, ports, munge / "sock").encode(), 0o644)
-    env = {
-        **os.environ,
-        "SLURM_CONF": str(conf),
-        "PATH": _search_path(),
-    }
-    cluster = Cluster(
-        dir=root,
-        env=env,
-        conf=conf,
-        node=node,
-    )
+    _write(conf, _slurm_conf(root, node, _free_ports(2), munge / "sock").encode(), 0o644)
+    env = {**os.environ, "SLURM_CONF": str(conf), "PATH": _search_path()}
+    cluster = Cluster(dir=root, env=env, conf=conf, node=node)
     try:
-        cluster.start_daemon(
-            _which("munged"),
-            "--foreground",
-            f"--key-file={munge / 'key'}",
-            f"--socket={munge / 'sock'}",
-            f"--pid-file={munge / 'pid'}",
-            f"--log-file={munge / 'log'}",
-            f"--seed-file={munge / 'seed'}",
-        )
-        if not _wait_until(lambda: (munge / "sock").exists(), START_DEADLINE):
-            raise RuntimeError(f"munged did not create its socket: {cluster.log('munged.out')}")
+        _start_munged(cluster, munge)
         cluster.start_daemon(_which("slurmctld"), "-D", "-f", str(conf))
         cluster.start_daemon(_which("slurmd"), "-D", "-f", str(conf))
         _wait_idle(cluster)

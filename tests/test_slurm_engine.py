@@ -7,11 +7,6 @@ cluster cannot run (not root, Slurm not installed) the tests skip.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,96 +15,14 @@ import pytest
 
 from batchd.classify import Classifier
 from batchd.engines import LaunchSpec, RunnerEngine, RunRef, SpawnError
-from batchd.engines.slurm import (
-    WRAPPER_NAME,
-    JobInfo,
-    SlurmEngine,
-    parse_duration,
-    parse_show_job,
-    status_path,
-    time_limit_minutes,
-)
-from tests.slurm_cluster import Cluster
+from batchd.engines.slurm import SlurmEngine
+from batchd.engines.slurm_protocol import WRAPPER_NAME, status_path
+from tests.slurm_setup import DEADLINE, POLL, Setup, forgotten, gone, queued, until
+from tests.slurm_setup import setup as setup
 
 pytestmark = pytest.mark.anyio
 
-FAKE_AGENT = str(Path(__file__).parent / "bin" / "fake-agent")
-POLL = 0.2
-DEADLINE = 30.0
 CLASSIFY = Classifier.build()
-
-
-class Setup:
-    """A state dir, a repository and an engine for one test; jobs named ``<prefix>-...``."""
-
-    def __init__(self, cluster: Cluster, tmp_path: Path) -> None:
-        self.cluster = cluster
-        self.state_dir = tmp_path / "state"
-        self.repo = tmp_path / "repo"
-        self.repo.mkdir()
-        self.agent_log = tmp_path / "agent.jsonl"
-        self.prefix = f"t{secrets.token_hex(4)}"
-
-    def engine(self, sbatch_args: list[str] | None = None) -> SlurmEngine:
-        return SlurmEngine(self.state_dir, sbatch_args or [], POLL, self.cluster.env)
-
-    def spec(
-        self, feature: str, name: str, timeout: float = 0, kill_grace: float = 1
-    ) -> LaunchSpec:
-        run_id = f"{self.prefix}-{name}-{secrets.token_hex(3)}"
-        env = {**os.environ, "FAKE_AGENT_LOG": str(self.agent_log), "BATCHD_RUN_ID": run_id}
-        return LaunchSpec(
-            run_id=run_id,
-            argv=[FAKE_AGENT, feature],
-            env=env,
-            cwd=str(self.repo),
-            log_path=self.state_dir / "batches" / "b1" / "logs" / f"{name}.1.log",
-            timeout=timeout,
-            kill_grace=kill_grace,
-        )
-
-    def agent_events(self, run_id: str) -> list[dict[str, Any]]:
-        if not self.agent_log.exists():
-            return []
-        lines = self.agent_log.read_text().splitlines()
-        return [e for e in map(json.loads, lines) if e["run_id"] == run_id]
-
-
-@pytest.fixture
-def setup(slurm_cluster: Cluster, tmp_path: Path) -> Setup:
-    return Setup(slurm_cluster, tmp_path)
-
-
-async def queued(cluster: Cluster) -> set[str]:
-    """The ids of every job Slurm still lists as pending, running or completing."""
-    res = await anyio.run_process(["squeue", "-h", "-o", "%i"], env=cluster.env)
-    return set(res.stdout.decode().split())
-
-
-async def gone(cluster: Cluster, job_id: str) -> bool:
-    """Slurm no longer lists the job as pending, running or completing."""
-    return job_id not in await queued(cluster)
-
-
-async def forgotten(cluster: Cluster, job_id: str) -> bool:
-    """Slurm does not know the job at all any more (past MinJobAge)."""
-    res = await anyio.run_process(["scontrol", "show", "job", job_id], env=cluster.env, check=False)
-    return res.returncode != 0 and b"Invalid job id" in res.stderr
-
-
-async def until(
-    cond: Callable[[], Awaitable[bool] | bool], what: str, deadline: float = DEADLINE
-) -> None:
-    """Poll a condition (plain or async) until it holds; fail naming ``what`` after ``deadline``."""
-    try:
-        with anyio.fail_after(deadline):
-            while True:
-                value = cond()
-                if value if isinstance(value, bool) else await value:
-                    return
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not after {deadline} s: {what}") from None
 
 
 async def test_several_jobs_run_at_once(setup: Setup, tmp_path: Path) -> None:
@@ -259,52 +172,6 @@ async def test_a_job_without_a_trace_is_not_reattached(setup: Setup) -> None:
         assert (await other.wait()).interrupted
 
 
-async def test_stop_cancels_the_job_and_wait_says_interrupted(setup: Setup) -> None:
-    """stop() removes a running job from the queue (TERM reaches the agent); wait is interrupted."""
-    engine = setup.engine()
-    spec = setup.spec("sleep=60", "stopped")
-    run = await engine.start(spec)
-    waiting = anyio.Event()
-    result: list[Any] = []
-
-    async def wait() -> None:
-        waiting.set()
-        result.append(await run.wait())
-
-    with anyio.fail_after(DEADLINE):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
-            await waiting.wait()
-            await until(lambda: run.describe() == "RUNNING", "the job runs")
-            await until(lambda: bool(setup.agent_events(spec.run_id)), "the agent started")
-            run.stop("cancel")
-    [raw] = result
-    assert raw.interrupted and CLASSIFY.judge(raw, "auto").outcome == "interrupted"
-    assert await gone(setup.cluster, run.job_id)
-    assert [e["event"] for e in setup.agent_events(spec.run_id)] == ["start", "term"]
-
-
-async def test_batchd_timeout_cancels_the_job(setup: Setup) -> None:
-    """Past LaunchSpec.timeout of running time the job is cancelled and wait says timed_out."""
-    engine = setup.engine()
-    # 5 s: the agent (its start record, its SIGTERM handler) is up well before the timeout,
-    # even on a busy machine; nothing but the timeout ends it within DEADLINE.
-    spec = setup.spec("sleep=600", "slow", timeout=5)
-    submitted = time.time()
-    run = await engine.start(spec)
-    shown = await anyio.run_process(["scontrol", "show", "job", run.job_id], env=setup.cluster.env)
-    assert b"TimeLimit=00:01:00" in shown.stdout  # Slurm's own limit: the timeout in minutes, up
-    with anyio.fail_after(DEADLINE):
-        raw = await run.wait()
-    assert raw.timed_out and not raw.interrupted
-    v = CLASSIFY.judge(raw, "auto")
-    assert (v.outcome, v.failure_type) == ("timed_out", "transient")
-    assert await gone(setup.cluster, run.job_id)
-    [_start, term] = setup.agent_events(spec.run_id)
-    # Not early: the clock starts when Slurm starts the job (the agent itself may start later).
-    assert term["event"] == "term" and term["t"] - submitted >= spec.timeout - 0.1
-
-
 async def test_sbatch_refusing_the_job_is_a_submit_error(setup: Setup) -> None:
     """A bad partition in sbatch_args: SpawnError('submit') naming sbatch and its complaint."""
     engine = setup.engine(["--partition=no-such-partition"])
@@ -359,42 +226,3 @@ async def test_stop_orphans_cancels_only_unrecorded_jobs_of_this_state_dir(setup
     assert {known.job_id, foreign.job_id, other_user} <= left
     ids = [known.job_id, foreign.job_id, other_user]
     await anyio.run_process(["scancel", *ids], env=setup.cluster.env)
-
-
-# --- the pure helpers (no cluster needed) ----------------------------------------------
-
-
-def test_time_limit_is_whole_minutes_rounded_up() -> None:
-    """--time: 0 means none; any part of a minute counts as a minute."""
-    assert [time_limit_minutes(t) for t in (0, 0.5, 60, 61, 7200)] == [None, 1, 1, 2, 120]
-
-
-def test_slurm_durations_parse() -> None:
-    """squeue %M and scontrol RunTime: [days-][hours:]minutes:seconds."""
-    cases = {"0:00": 0, "1:05": 65, "2:00:01": 7201, "1-00:00:10": 86410, "": None, "x:1": None}
-    assert {k: parse_duration(k) for k in cases} == cases
-
-
-def test_show_job_output_parses() -> None:
-    """State, name, exit code and signal come from scontrol's one-line output."""
-    line = (
-        "JobId=7 JobName=batchd-r1 UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
-        "RunTime=00:01:02 ExitCode=3:0 WorkDir=/a b JobState=COMPLETED\n"
-    )
-    assert parse_show_job(line) == JobInfo("FAILED", "batchd-r1", 3, None, 62.0)
-    killed = parse_show_job("JobId=8 JobName=x JobState=CANCELLED ExitCode=0:9 RunTime=0:01")
-    assert killed == JobInfo("CANCELLED", "x", None, 9, 1.0)
-    assert parse_show_job("slurm_load_jobs error: Invalid job id specified") is None
-
-
-def test_our_sbatch_options_come_after_the_users(tmp_path: Path) -> None:
-    """slurm.sbatch_args cannot rename the job or move its log: sbatch keeps the last value."""
-    engine = SlurmEngine(tmp_path, ["--partition=gpu", "--job-name=mine"], 5, {})
-    spec = LaunchSpec(
-        run_id="r1", argv=["a"], env={}, cwd="/w", log_path=tmp_path / "l", timeout=90
-    )
-    argv = engine.sbatch_argv(spec)
-    assert argv.index("--partition=gpu") < argv.index("--job-name=batchd-r1")
-    assert argv.index("--job-name=mine") < argv.index("--job-name=batchd-r1")
-    assert "--time=2" in argv and f"--output={tmp_path / 'l'}" in argv
-    assert status_path(tmp_path / "l", "42") == tmp_path / "l.slurm-42.exit"
