@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from batchd import policy
+from batchd import attempts, policy
+from batchd.attempts import Evidence
 from batchd.classify import Verdict
 from batchd.errors import BadArgs, BadState
 from batchd.model import (
@@ -26,6 +27,7 @@ from batchd.model import (
     AuditEvent,
     BatchState,
     FailedFeature,
+    GitEvidence,
     RetryState,
     parse_iso,
     utc_iso,
@@ -43,7 +45,15 @@ from batchd.transitions import (
     settings_from,
 )
 
-__all__ = ["PAUSE_BREAKER", "PAUSE_COST", "PAUSE_USER", "Batch", "new_batch", "settings_from"]
+__all__ = [
+    "PAUSE_BREAKER",
+    "PAUSE_COST",
+    "PAUSE_USER",
+    "Batch",
+    "Evidence",
+    "new_batch",
+    "settings_from",
+]
 
 # Outcomes that are nobody's failure: the feature keeps its place and its attempt number
 # (the same log goes on), no retry is charged, the breaker is untouched.
@@ -193,8 +203,10 @@ class Batch:
         pid_start_time: int | None,
         job_id: str | None = None,
         run_id: str | None = None,
+        git_head: str | None = None,
     ) -> Attempt:
-        """Record that an attempt of ``index`` has started; a pending retry wait is over.
+        """Record that an attempt of ``index`` has started (``git_head``: the commit its work
+        tree was at); a pending retry wait is over.
 
         A batch paused meanwhile (by the user, while the runner was being started)
         stays paused; only the breaker's half-open probe takes a paused batch back.
@@ -203,17 +215,30 @@ class Batch:
         if s.status != "paused" or s.pause_reason == PAUSE_BREAKER:
             self._move("begin", now)
         self.clear_retry_wait(now)
-        attempt = Attempt(
-            feature_index=index,
-            attempt=self.attempt_number(index),
-            started_at=utc_iso(now),
+        attempt = attempts.opened(
+            index=index,
+            number=self.attempt_number(index),
+            now=now,
             pid=pid,
             pid_start_time=pid_start_time,
             job_id=job_id,
             run_id=run_id,
+            git_head=git_head,
         )
         self.state.processing_history.append(attempt)
         self.last_attempt[index] = (attempt.attempt, None)
+        return attempt
+
+    def start_verifying(
+        self, verdict: Verdict, exit_code: int | None, git: GitEvidence | None, now: float
+    ) -> Attempt:
+        """The agent said completed: its check starts (recorded, so a restart runs the check
+        again, not the agent)."""
+        attempt = self.open_attempt()
+        if attempt is None:
+            raise BadState(f"{self.batch_id}: no attempt is running")
+        attempts.verifying(attempt, verdict, exit_code, git)
+        self.state.updated_at = utc_iso(now)
         return attempt
 
     def mark_interrupted(self, now: float, why: str) -> Attempt | None:
@@ -224,17 +249,17 @@ class Batch:
         self._close(attempt, Verdict("interrupted", None, why), now, exit_code=None)
         return attempt
 
-    def _close(self, attempt: Attempt, verdict: Verdict, now: float, exit_code: int | None) -> None:
-        attempt.finished_at = utc_iso(now)
-        attempt.duration_s = round(max(0.0, now - parse_iso(attempt.started_at)), 6)
-        attempt.outcome = verdict.outcome
-        attempt.exit_code = exit_code
-        attempt.failure_type = verdict.failure_type
-        attempt.error_message = verdict.message
-        attempt.tokens = verdict.tokens
-        attempt.cost_usd = verdict.cost_usd
+    def _close(
+        self,
+        attempt: Attempt,
+        verdict: Verdict,
+        now: float,
+        exit_code: int | None,
+        evidence: Evidence | None = None,
+    ) -> None:
+        attempts.closed(attempt, verdict, now, exit_code, evidence)
         self.last_attempt[attempt.feature_index] = (attempt.attempt, verdict.outcome)
-        self.state.updated_at = attempt.finished_at
+        self.state.updated_at = utc_iso(now)
 
     def record(
         self,
@@ -246,6 +271,7 @@ class Batch:
         settings: Settings,
         now: float,
         rand: Callable[[], float],
+        evidence: Evidence | None = None,
     ) -> Step:
         """Apply the outcome of the open attempt: complete, retry, or fail the feature."""
         attempt = self.open_attempt()
@@ -253,7 +279,7 @@ class Batch:
             raise BadState(f"{self.batch_id}: no attempt is running")
         s = self.state
         index = attempt.feature_index
-        self._close(attempt, verdict, now, exit_code)
+        self._close(attempt, verdict, now, exit_code, evidence)
         if verdict.tokens:
             s.context_token_estimate += verdict.tokens
         if verdict.cost_usd:

@@ -257,6 +257,8 @@ class Verdict:
     tokens: int | None = None
     cost_usd: float | None = None
     hint_text: str = field(default="", repr=False)  # lowercased text that was classified
+    tokens_estimated: bool = False  # ``tokens`` is output bytes / 4, not the agent's count
+    session_id: str | None = None  # the agent's conversation (Claude session, codex thread)
 
 
 @dataclass(frozen=True)

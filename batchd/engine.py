@@ -323,9 +323,10 @@ class Engine:
     def run_id_prefix(self) -> str:
         return f"{self.state_key}-"
 
-    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run) -> Slot:
-        """A run recovery found again: it holds its slot from the start."""
-        return Slot(batch, index, self.cwd_key(batch), spec, run=run)
+    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None) -> Slot:
+        """A run recovery found again (None: an attempt found in its check, whose check runs
+        again): it holds its slot from the start."""
+        return Slot(batch, index, self.cwd_key(batch), spec, run=run, recheck=run is None)
 
     # --- hooks -------------------------------------------------------------------------
 

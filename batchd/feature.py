@@ -22,8 +22,9 @@ import random
 from pathlib import Path
 from typing import Protocol
 
-from batchd import failpoints, queue, wording
-from batchd.batch import Batch
+from batchd import attempts, checking, failpoints, queue, wording
+from batchd.attempts import Evidence
+from batchd.batch import UNCHARGED, Batch
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
 from batchd.clock import Clock
 from batchd.engines import Run, RunnerEngine, RunRef, SpawnError
@@ -88,10 +89,18 @@ async def _run(host: Host, slot: Slot) -> None:
 
 
 async def follow(host: Host, slot: Slot) -> None:
-    """Wait for a run re-attached after a restart, then record it as any other."""
+    """Wait for a run re-attached after a restart (or run its check again, when the
+    restart came during the check), then record it as any other."""
     try:
-        assert slot.run is not None
-        await _outcome(host, slot, await slot.run.wait())
+        if slot.recheck:
+            await _recheck(host, slot)
+        else:
+            assert slot.run is not None
+            await _outcome(host, slot, await slot.run.wait())
+    except Exception as e:
+        log.exception("%s: internal error while following a feature", slot.batch.batch_id)
+        if not slot.batch.finished:
+            _pause_batch(host, slot.batch, f"internal_error: {e!r}; please report it")
     finally:
         _release(host.live, slot)
 
@@ -113,7 +122,7 @@ def _still_wanted(host: Host, slot: Slot) -> bool:
     )
 
 
-def _begin(host: Host, slot: Slot, ref: RunRef) -> None:
+def _begin(host: Host, slot: Slot, ref: RunRef, git_head: str | None = None) -> None:
     slot.batch.begin(
         index=slot.index,
         now=host.clock.now(),
@@ -121,6 +130,7 @@ def _begin(host: Host, slot: Slot, ref: RunRef) -> None:
         pid_start_time=ref.pid_start_time,
         job_id=ref.job_id,
         run_id=slot.spec.run_id,
+        git_head=git_head,
     )
     host.persist(slot.batch)
 
@@ -128,10 +138,11 @@ def _begin(host: Host, slot: Slot, ref: RunRef) -> None:
 async def _start(host: Host, slot: Slot) -> Run | None:
     """Start the attempt and record it (with its pid or job id); None when it did not start."""
     batch, spec = slot.batch, slot.spec
+    git_head = await checking.head_before(spec.cwd, spec.env)
     try:
         if not spec.log_path.parent.is_dir():  # a batch dir of an older version, or removed
             spec.log_path.parent.mkdir(mode=0o700)
-        if batch.last_attempt.get(slot.index, (0, None))[1] == "interrupted":
+        if batch.last_attempt.get(slot.index, (0, None))[1] in UNCHARGED:
             _mark_rerun(spec.log_path, host.clock.now())
         run = await host.runner.start(spec)
     except SpawnError as e:
@@ -146,7 +157,7 @@ async def _start(host: Host, slot: Slot) -> Run | None:
         run.stop(slot.stop_reason or "the batch ended")
         await run.wait()
         return None
-    _begin(host, slot, run.ref)
+    _begin(host, slot, run.ref, git_head)
     failpoints.hit("after_attempt_record")
     if slot.stop_reason is not None:
         run.stop(slot.stop_reason)
@@ -211,15 +222,63 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
     rules = host.rules
     runner = rules.runner(batch) or rules.cfg.runner
     verdict = rules.classifier_for(batch).judge(raw, runner.output_format)
-    await _finish(host, slot, verdict, raw.exit_code, ran=True)
+    checked = await checking.after_agent(host, slot, verdict, raw.exit_code)
+    output = checked.output if checked.output is not None else None
+    await _finish(
+        host,
+        slot,
+        checked.verdict,
+        raw.exit_code,
+        ran=True,
+        evidence=checked.evidence,
+        feedback=(output, raw.stderr_tail),
+    )
+
+
+async def _recheck(host: Host, slot: Slot) -> None:
+    """The daemon stopped during the check: the agent's completed is on record; run the
+    check again (never the agent) and record the attempt by it."""
+    attempt = slot.batch.open_attempt()
+    assert attempt is not None and attempt.phase == "verifying"
+    agent = attempts.agent_verdict(attempt)
+    argv = checking.check_argv(host.rules, slot.batch)
+    if argv:
+        checked = await checking.run(host, slot, agent, attempt.git, argv)
+    else:  # the check was removed from the configuration meanwhile
+        checked = checking.Checked(agent, Evidence(git=attempt.git))
+    await _finish(
+        host,
+        slot,
+        checked.verdict,
+        attempt.exit_code,
+        ran=True,
+        evidence=checked.evidence,
+        feedback=(checked.output, b""),
+    )
 
 
 async def _finish(
-    host: Host, slot: Slot, verdict: Verdict, exit_code: int | None, *, ran: bool = False
+    host: Host,
+    slot: Slot,
+    verdict: Verdict,
+    exit_code: int | None,
+    *,
+    ran: bool = False,
+    evidence: Evidence | None = None,
+    feedback: tuple[bytes | None, bytes] = (None, b""),
 ) -> None:
     """Record the outcome (audit first), then the hooks it calls for: after_feature
-    (when the runner ran), on_breaker_open, on_batch_done."""
+    (when the runner ran), on_breaker_open, on_batch_done. A failed attempt leaves the
+    feedback file for the next one first (SPEC 14)."""
     batch, rules = slot.batch, host.rules
+    if verdict.outcome in ("failed", "timed_out"):
+        checking.write_feedback(
+            slot.spec.log_path.parent,
+            slot.index,
+            batch.attempt_number(slot.index),
+            verdict.message or verdict.outcome,
+            *feedback,
+        )
     now = host.clock.now()
     hint = None
     if verdict.outcome != "completed" and verdict.hint_text:
@@ -233,6 +292,7 @@ async def _finish(
         settings=rules.settings,
         now=now,
         rand=random.random,
+        evidence=evidence,
     )
     failpoints.hit("before_outcome_write")
     host.persist(batch, step.events)

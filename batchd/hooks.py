@@ -24,7 +24,7 @@ from batchd.engines.process import Launch, Process, spawn
 
 log = logging.getLogger("batchd")
 
-PLACEHOLDERS = ("feature", "index", "batch_id", "attempt", "issue")
+PLACEHOLDERS = template.PLACEHOLDERS
 
 
 class Hooks:

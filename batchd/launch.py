@@ -6,10 +6,12 @@ element (``template.render``: no shell, one pass) and as ``BATCHD_FEATURE``.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from batchd import feedback
 from batchd.batch import Batch
 from batchd.config import RunnerConfig
 from batchd.engines import LaunchSpec
@@ -17,7 +19,8 @@ from batchd.template import render
 
 
 def placeholders(batch: Batch, index: int, attempt: int) -> dict[str, str]:
-    """The values of ``{feature}``, ``{index}``, ``{batch_id}``, ``{attempt}``, ``{issue}``."""
+    """The values of ``{feature}``, ``{index}``, ``{batch_id}``, ``{attempt}``, ``{issue}``
+    and ``{last_error}`` (the previous failure of this feature, sanitised; SPEC 14)."""
     s = batch.state
     issue = ""
     if s.issue_numbers and index < len(s.issue_numbers):
@@ -28,7 +31,18 @@ def placeholders(batch: Batch, index: int, attempt: int) -> dict[str, str]:
         "batch_id": batch.batch_id,
         "attempt": str(attempt),
         "issue": issue,
+        "last_error": feedback.last_error(s.processing_history, index),
     }
+
+
+def last_error_file(batch: Batch, index: int, logs_dir: Path) -> Path | None:
+    """``BATCHD_LAST_ERROR_FILE``: the feedback file of this feature's previous failed
+    attempt, when there was one (and it could be written)."""
+    failed = feedback.previous_failure(batch.state.processing_history, index)
+    if failed is None:
+        return None
+    path = logs_dir / f"{index}.{failed.attempt}.last-error"
+    return path if os.path.isfile(path) else None
 
 
 def new_run_id(prefix: str, batch: Batch, index: int, attempt: int) -> str:
@@ -58,6 +72,11 @@ def spec(
         BATCHD_ATTEMPT=str(attempt),
         BATCHD_RUN_ID=run_id,
     )
+    feedback_file = last_error_file(batch, index, log_path.parent) if attempt > 1 else None
+    if feedback_file is not None:
+        env["BATCHD_LAST_ERROR_FILE"] = str(feedback_file)
+    else:
+        env.pop("BATCHD_LAST_ERROR_FILE", None)
     return LaunchSpec(
         run_id=run_id,
         argv=render(runner.command, placeholders(batch, index, attempt)),

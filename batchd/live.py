@@ -13,6 +13,7 @@ realpath), what it was started with, and the run once it is started.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 
@@ -22,9 +23,14 @@ from batchd.model import DaemonState, UserState
 from batchd.store import Problem
 
 
+class Stoppable(Protocol):
+    def stop(self, reason: str) -> None: ...
+
+
 @dataclass(eq=False)
 class Slot:
-    """A batch that holds a slot: its feature runs (or its before_feature hook does)."""
+    """A batch that holds a slot: its feature runs (or its before_feature hook, or its
+    check, does)."""
 
     batch: Batch
     index: int
@@ -33,6 +39,8 @@ class Slot:
     run: Run | None = None
     stop_reason: str | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+    check: Stoppable | None = None  # the check after the agent, while it runs
+    recheck: bool = False  # found in its check after a restart: run the check again
 
     def stop(self, reason: str) -> None:
         """End the feature now (the first reason counts); its life records the outcome."""
@@ -40,6 +48,14 @@ class Slot:
             self.stop_reason = reason
         if self.run is not None:
             self.run.stop(reason)
+        if self.check is not None:
+            self.check.stop(reason)
+
+    def attach_check(self, check: Stoppable | None) -> None:
+        """The check started (or ended): a stop now ends it too."""
+        self.check = check
+        if check is not None and self.stop_reason is not None:
+            check.stop(self.stop_reason)
 
 
 class Live:

@@ -46,7 +46,7 @@ class Recovering(Protocol):
 
     def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec: ...
 
-    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run) -> Slot: ...
+    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None) -> Slot: ...
 
 
 def load(engine: Recovering) -> None:
@@ -75,7 +75,8 @@ def load(engine: Recovering) -> None:
 
 
 async def recover(engine: Recovering) -> list[Slot]:
-    """Find the runs a killed daemon left; return those to wait on (adopted)."""
+    """Find the runs a killed daemon left; return those to wait on (adopted), and the
+    attempts that were in their check (their check runs again, never the agent)."""
     adopted: list[Slot] = []
     for batch in engine.live.batches.values():
         attempt = batch.open_attempt()
@@ -83,6 +84,15 @@ async def recover(engine: Recovering) -> list[Slot]:
             continue
         index = attempt.feature_index
         spec = engine.launch_spec(batch, index, attempt.run_id)
+        if attempt.phase == "verifying":
+            log.info(
+                "recovery: %s feature %d attempt %d was in its check; the check runs again",
+                batch.batch_id,
+                index + 1,
+                attempt.attempt,
+            )
+            adopted.append(engine.adopt(batch, index, spec, None))
+            continue
         ref = RunRef(pid=attempt.pid, pid_start_time=attempt.pid_start_time, job_id=attempt.job_id)
         run = await engine.runner.reattach(ref, spec)
         if run is None:
@@ -96,7 +106,9 @@ async def recover(engine: Recovering) -> list[Slot]:
             run.describe() or "running",
         )
         adopted.append(engine.adopt(batch, index, spec, run))
-    known = {slot.spec.run_id for slot in adopted}
+    # A check left running by the killed daemon carries its attempt's run id: it is not
+    # known, so it is stopped here before its check runs again.
+    known = {slot.spec.run_id for slot in adopted if not slot.recheck}
     for line in await engine.runner.stop_orphans(engine.run_id_prefix, known):
         log.warning("recovery: stopped a run no attempt records: %s", line)
     return adopted

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-PLACEHOLDERS = ("feature", "index", "batch_id", "attempt", "issue")
+PLACEHOLDERS = ("feature", "index", "batch_id", "attempt", "issue", "last_error")
 
 # Left to right, one token at a time: an escaped brace, a {field}, or a lone brace.
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")

@@ -177,7 +177,12 @@ def test_begin_records_the_attempt_before_it_runs() -> None:
     b = make()
     a = b.begin(index=0, now=T0 + 5, pid=4242, pid_start_time=99)
     assert a == Attempt(
-        feature_index=0, attempt=1, started_at=utc_iso(T0 + 5), pid=4242, pid_start_time=99
+        feature_index=0,
+        attempt=1,
+        started_at=utc_iso(T0 + 5),
+        pid=4242,
+        pid_start_time=99,
+        phase="running",
     )
     assert b.open_attempt() is a and b.state.updated_at == utc_iso(T0 + 5)
     assert view(b) == expect(status="in_progress", history=[(0, 1, None, None)])
@@ -206,6 +211,7 @@ def test_record_completed_whole_attempt_and_state() -> None:
             cost_usd=0.1,
             pid=1,
             pid_start_time=2,
+            tokens_estimated=False,
         )
     ]
     assert (b.state.context_token_estimate, b.state.cost_usd) == (10, 0.1)
@@ -868,3 +874,48 @@ def test_begin_is_refused_for_a_cancelled_batch() -> None:
     with _Refused("bad_state"):
         b.begin(index=0, now=T0 + 1, pid=1, pid_start_time=2)
     assert b.state.processing_history == []
+
+
+# --- the check and the evidence of an attempt (SPEC 14) ----------------------------------------
+
+
+def test_an_attempt_through_its_check_keeps_what_the_agent_said() -> None:
+    """begin with a git head; the agent's completed (tokens, cost, session) is kept while the
+    check runs (phase verifying); the close adds the check and the git evidence."""
+    from batchd.attempts import Evidence, agent_verdict
+    from batchd.model import GitEvidence, VerifyResult
+
+    b = make()
+    b.begin(index=0, now=T0, pid=1, pid_start_time=2, git_head="a" * 40)
+    agent = Verdict("completed", tokens=7, cost_usd=0.2, session_id="s-1")
+    git = GitEvidence(head_before="a" * 40, head_after="b" * 40, commits=1, files_changed=1)
+    a = b.start_verifying(agent, 0, git, T0 + 1)
+    assert (a.phase, a.outcome, a.tokens, a.cost_usd, a.session_id, a.git) == (
+        "verifying",
+        None,
+        7,
+        0.2,
+        "s-1",
+        git,
+    )
+    assert agent_verdict(a) == Verdict("completed", tokens=7, cost_usd=0.2, session_id="s-1")
+    check = VerifyResult(exit_code=0, duration_s=3.0, output_tail="ok")
+    b.record(
+        agent,
+        exit_code=0,
+        consent=False,
+        hint_s=None,
+        settings=DEFAULT,
+        now=T0 + 4,
+        rand=lambda: 0.0,
+        evidence=Evidence(git=git, verify=check, verified=True),
+    )
+    assert (a.phase, a.outcome, a.verified, a.verify, a.git, a.session_id) == (
+        None,
+        "completed",
+        True,
+        check,
+        git,
+        "s-1",
+    )
+    assert b.state.completed_features == [0] and b.state.current_index == 1
