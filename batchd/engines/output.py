@@ -3,7 +3,8 @@
 ``LogSink`` appends to the attempt log (0600, never through a symlink) and,
 past ``max_log_bytes``, keeps the first and the last halves with a marker
 between; a log that cannot be written never stops the run. ``Tail`` keeps the
-last bytes of a stream in memory. No processes, no waiting: ``process`` feeds
+last bytes of a stream in memory. ``codex_facts_of_log`` reads codex's events
+from a log that a Slurm job wrote. No processes, no waiting: ``process`` feeds
 them.
 """
 
@@ -13,6 +14,10 @@ import errno
 import os
 from collections import deque
 from pathlib import Path
+
+from batchd.agents import CodexFacts, CodexStream
+
+_CHUNK = 1 << 20
 
 
 class LogSink:
@@ -111,3 +116,18 @@ class Tail:
 
     def value(self) -> bytes:
         return bytes(self.buf[-self.cap :])
+
+
+def codex_facts_of_log(path: Path, offset: int) -> CodexFacts:
+    """codex's events in an attempt log written by someone else (a Slurm job), from
+    ``offset`` to its end, read in chunks: exact however long the log (SPEC 13)."""
+    stream = CodexStream()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return stream.facts()
+    with os.fdopen(fd, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(_CHUNK):
+            stream.feed(chunk)
+    return stream.facts()

@@ -34,6 +34,7 @@ import anyio
 from batchd import store
 from batchd.classify import RawResult, sanitize
 from batchd.engines import LaunchSpec, RunRef, SpawnError
+from batchd.engines.output import codex_facts_of_log
 
 log = logging.getLogger("batchd.slurm")
 
@@ -499,6 +500,7 @@ class SlurmEngine:
         """What job ``job_id`` left: its end state, exit status and the attempt log's tail."""
         status = await self._status(spec.log_path, job_id)
         tail, size = await anyio.to_thread.run_sync(_read_tail, spec.log_path, log_offset)
+        codex = await anyio.to_thread.run_sync(codex_facts_of_log, spec.log_path, log_offset)
         exit_code = status if status is not None else info.exit_code if info else None
         signal = info.signal if info is not None and status is None else None
         if info is None and status is None and not timed_out:
@@ -512,6 +514,7 @@ class SlurmEngine:
             stderr_tail=tail,
             output_bytes=size,
             cluster_state=info.state if info is not None else None,
+            codex=codex,
         )
 
     async def _status(self, log_path: Path, job_id: str) -> int | None:
