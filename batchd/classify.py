@@ -1,184 +1,42 @@
-"""What a finished attempt means, and making runner text safe to repeat. Pure.
+"""What a finished attempt means (SPEC sections 5, 6 and 13). Pure.
 
-* ``sanitize``: the one gate that runner-derived text passes through before it
-  reaches the daemon's log, a state file, the audit log or a control reply
-  (CWE-117): escape sequences and control characters out, CR/LF to spaces,
-  secrets redacted, cut so that the whole message, ``...[truncated]`` marker
-  included, is at most 1000 characters.
-* ``parse_claude_result``: Claude Code's headless ``{"type": "result", ...}``,
-  with the tools it was denied (``permission_denials``).
-* ``Classifier.judge``: outcome, failure type and message of an attempt
-  (SPEC section 5 for the outcome, section 6 for transient vs permanent).
+* ``Classifier.judge``: outcome, failure type and message of an attempt, from
+  what the runner observed (``RawResult``) and the runner profile's traits
+  (``RunnerTraits``): completed, failed (transient or permanent), timed out
+  (or stalled), interrupted, ``limited`` by the agent's usage limit (with the
+  reset time), or trouble that is nobody's feature's fault (an agent that is
+  not logged in: ``trouble = "agent_login"``, charged nothing).
 * ``retry_hint``: a "retry after" wait found in the classified text.
 
-No IO, no clocks: ``now`` is passed in.
+The classified text is the Claude result's text, else codex's failure (its
+``turn.failed`` or last ``error`` event), else the stderr tail: never the
+transcript on stdout. What the agents print is read by ``agents``; the reset
+times by ``resets``; the limit and login texts are ``limits``'s; making text
+safe to repeat is ``sanitize``'s (re-exported here). No IO, no clocks: ``now``
+and the local zone are passed in.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Any, Literal
 
+from batchd import limits
+from batchd.agents import ClaudeResult, CodexFacts, codex_facts, denial_message, parse_claude_result
 from batchd.model import FailureType, Outcome
+from batchd.resets import reset_at
+from batchd.sanitize import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+from batchd.sanitize import REDACTED as REDACTED
+from batchd.sanitize import TRUNCATED as TRUNCATED
+from batchd.sanitize import redact as redact
+from batchd.sanitize import sanitize as sanitize
 
-MAX_MESSAGE_CHARS = 1000
-TRUNCATED = "...[truncated]"
-REDACTED = "[REDACTED]"
-
-# ESC sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), other
-# two-byte escapes, and the 8-bit CSI/OSC introducers.
-_ANSI_RE = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
-    r"|\x1b[ -/]*[0-~]?"
-)
-_WHITESPACE_CTRL_RE = re.compile(r"[\r\n\t]")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# A token prefix counts only at the start of a word: "disk-usage-monitoring" is not "sk-...".
-_START = r"(?<![A-Za-z0-9])"
-_SECRET_RES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(_START + r"github_pat_[A-Za-z0-9_]{10,}"), REDACTED),
-    (re.compile(_START + r"gh[pousr]_[A-Za-z0-9]{10,}"), REDACTED),
-    (re.compile(_START + r"sk-ant-[A-Za-z0-9_\-]{8,}"), REDACTED),
-    (re.compile(_START + r"sk-[A-Za-z0-9_\-]{16,}"), REDACTED),
-    (re.compile(_START + r"(?:AKIA|ASIA)[0-9A-Z]{16}"), REDACTED),
-    (re.compile(_START + r"xox[abprs]-[A-Za-z0-9\-]{10,}"), REDACTED),
-    (re.compile(r"(?i)(bearer)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
-    (
-        re.compile(r"(?i)((?:password|passwd|api[_-]?key|secret|token)\s*[=:]\s*)[^\s,;'\"]+"),
-        r"\1" + REDACTED,
-    ),
-)
-
-
-def redact(text: str) -> str:
-    for pattern, replacement in _SECRET_RES:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """Make runner-derived text safe for logs, state, audit and replies: at most ``limit``
-    characters, the ``...[truncated]`` marker of a cut text included."""
-    if not text.isprintable():
-        # Redact before stripping escapes too: an escape sequence swallows the character
-        # after it, which could be the first of a secret and leave the rest unrecognised.
-        text = redact(text)
-        text = _ANSI_RE.sub("", text)
-        text = _WHITESPACE_CTRL_RE.sub(" ", text)
-        text = _CONTROL_RE.sub("", text)
-    text = redact(text)  # a printable text (the usual one) has nothing else to strip
-    if len(text) > limit:
-        marker = TRUNCATED if limit > len(TRUNCATED) else ""
-        text = text[: limit - len(marker)] + marker
-    return text
-
-
-# --- Claude Code's headless result -----------------------------------------
-
-
-@dataclass(frozen=True)
-class ClaudeResult:
-    is_error: bool
-    text: str
-    tokens: int | None
-    cost_usd: float | None
-    # ``tool_name`` of each ``permission_denials`` entry, in order: headless Claude Code
-    # cannot ask a person, so it records what it was refused and still exits 0.
-    denied_tools: tuple[str, ...] = ()
-
-
-def last_nonempty_line(data: bytes) -> bytes:
-    for line in reversed(data.splitlines()):
-        if line.strip():
-            return line.strip()
-    return b""
-
-
-def _as_int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
-
-
-def parse_claude_result(stdout_tail: bytes) -> ClaudeResult | None:
-    """The result object on the last non-empty line of stdout, or None."""
-    line = last_nonempty_line(stdout_tail)
-    if not line.startswith(b"{"):
-        return None
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(obj, dict) or obj.get("type") != "result":
-        return None
-    usage = obj.get("usage")
-    tokens: int | None = None
-    if isinstance(usage, dict):
-        tokens = sum(
-            _as_int(usage.get(k))
-            for k in (
-                "input_tokens",
-                "output_tokens",
-                "cache_creation_input_tokens",
-                "cache_read_input_tokens",
-            )
-        )
-    text = obj.get("result")
-    if not isinstance(text, str):
-        text = str(obj.get("subtype") or "")
-    return ClaudeResult(
-        is_error=obj.get("is_error") is True,
-        text=text,
-        tokens=tokens,
-        cost_usd=_as_cost(obj.get("total_cost_usd")),
-        denied_tools=_denied_tools(obj.get("permission_denials")),
-    )
-
-
-def _denied_tools(denials: Any) -> tuple[str, ...]:
-    """The tool of each ``permission_denials`` entry; a malformed entry still counts."""
-    if not isinstance(denials, list):
-        return ()
-    names = []
-    for entry in denials:
-        name = entry.get("tool_name") if isinstance(entry, dict) else None
-        names.append(name if isinstance(name, str) and name.strip() else "(unnamed tool)")
-    return tuple(names)
-
-
-MAX_DENIED_NAMED = 10
-
-
-def denial_message(tools: Iterable[str]) -> str:
-    """What was denied (each tool once, in order) and how to allow it."""
-    unique = list(dict.fromkeys(t.strip()[:60] for t in tools))
-    named = ", ".join(unique[:MAX_DENIED_NAMED])
-    if len(unique) > MAX_DENIED_NAMED:
-        named += f" and {len(unique) - MAX_DENIED_NAMED} more"
-    return (
-        f"permission denied for {named} (headless mode cannot ask for permission, so the "
-        "work was not done); allow these tools with --permission-mode or --allowedTools in "
-        "runner.command, or set runner.allow_permission_denials = true"
-    )
-
-
-def _as_cost(v: Any) -> float | None:
-    """A finite, non-negative cost, else None (a huge int or Infinity must not reach state)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    try:
-        cost = float(v)
-    except OverflowError:
-        return None
-    return cost if math.isfinite(cost) and cost >= 0 else None
-
-
-# --- classification ---------------------------------------------------------
+if TYPE_CHECKING:
+    from batchd.config import Config, RunnerConfig
 
 SEED_TRANSIENT = (
     r"connectionerror",
@@ -200,6 +58,21 @@ SEED_TRANSIENT = (
     r"overloaded",
     r"rate[ _-]?limit",
 )
+# What the agents print for a network outage (SPEC 6; tests/data/agents has real texts).
+# The error codes as words: "modulenotfounderror" is not "enotfound".
+NETWORK_TRANSIENT = (
+    r"can(?:'|\u2019)?t reach the api",
+    r"\benotfound\b",
+    r"\beai_again\b",
+    r"\beconnreset\b",
+    r"\beconnrefused\b",
+    r"\betimedout\b",
+    r"stream disconnected",
+    r"failed to lookup address",
+    r"error sending request",
+    r"api error: 5\d\d",
+    r"internal server error",
+)
 SEED_PERMANENT = (
     r"syntaxerror",
     r"importerror",
@@ -218,8 +91,17 @@ SEED_PERMANENT = (
     r"notimplementederror",
     r"recursionerror",
 )
+# Claude results that no retry can help: the flag of runner.command to raise (SPEC 13).
+CLAUDE_CAPS = {
+    "error_max_turns": "the agent reached its turn limit; raise --max-turns in runner.command",
+    "error_max_budget_usd": (
+        "the agent reached its budget; raise --max-budget-usd in runner.command"
+    ),
+}
+TRANSIENT_API_STATUS = frozenset({429, 500, 502, 503, 529})
 
 OutputFormat = Literal["auto", "text", "claude-json", "codex-jsonl"]
+Trouble = Literal["agent_login"]
 
 # SPEC section 12: the end states of a cluster job that decide the outcome whatever the
 # exit status says. A CANCELLED that batchd asked for never gets here: that run is
@@ -232,6 +114,7 @@ CLUSTER_END_STATES: dict[str, tuple[Outcome, FailureType, str]] = {
     "CANCELLED": ("failed", "transient", "the job was cancelled outside batchd (CANCELLED)"),
     "OUT_OF_MEMORY": ("failed", "permanent", "the job ran out of memory (OUT_OF_MEMORY)"),
 }
+_SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -247,6 +130,8 @@ class RawResult:
     output_bytes: int = 0
     log_error: str | None = None  # the attempt log is incomplete, and why
     cluster_state: str | None = None  # a cluster job's end state (Slurm: COMPLETED, TIMEOUT, ...)
+    stalled: bool = False  # stopped by runner.stall_timeout: silent on stdout and stderr
+    codex: CodexFacts | None = None  # read from the whole stdout as it streamed; None: the tail
 
 
 @dataclass(frozen=True)
@@ -259,6 +144,116 @@ class Verdict:
     hint_text: str = field(default="", repr=False)  # lowercased text that was classified
     tokens_estimated: bool = False  # ``tokens`` is output bytes / 4, not the agent's count
     session_id: str | None = None  # the agent's conversation (Claude session, codex thread)
+    # ``limited``: the reset time the text names (epoch seconds, before limits.reset_margin),
+    # None when it names none (wait limits.probe_interval).
+    limit_until: float | None = None
+    # Not the feature's fault and not charged (outcome ``interrupted``): the profile pauses.
+    trouble: Trouble | None = None
+    notes: tuple[str, ...] = ()  # for the daemon's log (an unknown time zone read as local)
+
+
+@dataclass(frozen=True)
+class RunnerTraits:
+    """What judging needs of the runner profile that ran the attempt."""
+
+    output_format: OutputFormat = "auto"
+    allow_permission_denials: bool = False
+    timeout_s: float = 0.0  # runner.timeout, named in a timed-out attempt's message
+    stall_timeout_s: float = 0.0  # runner.stall_timeout, named in a stalled attempt's message
+    program: str = ""  # runner.command[0]: which agent to explain a login for
+    user: str = ""  # the user the daemon runs as, named in the login help
+
+    @classmethod
+    def of(cls, runner: RunnerConfig, user: str) -> RunnerTraits:
+        return cls(
+            output_format=runner.output_format,
+            allow_permission_denials=runner.allow_permission_denials,
+            timeout_s=float(runner.timeout),
+            stall_timeout_s=float(runner.stall_timeout),
+            program=runner.command[0],
+            user=user,
+        )
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What the attempt's output says, whichever agent printed it."""
+
+    claude: ClaudeResult | None
+    codex: CodexFacts | None
+    text: str  # the classified text
+    tokens: int | None
+    estimated: bool
+    cost: float | None
+    session_id: str | None
+
+    def verdict(self, outcome: Outcome, **kw: Any) -> Verdict:
+        """A verdict carrying this evidence, with ``kw`` set."""
+        base = Verdict(
+            outcome,
+            tokens=self.tokens,
+            cost_usd=self.cost,
+            hint_text=self.text.lower(),
+            tokens_estimated=self.estimated,
+            session_id=self.session_id,
+        )
+        return dataclasses.replace(base, **kw)
+
+    def fail(self, ftype: FailureType, why: str, outcome: Outcome = "failed") -> Verdict:
+        detail = sanitize(self.text.strip()) if self.text.strip() else ""
+        message = f"{why}: {detail}" if detail and not why.endswith(detail) else why
+        return self.verdict(outcome, failure_type=ftype, message=sanitize(message))
+
+
+def _evidence(raw: RawResult, fmt: OutputFormat) -> _Evidence:
+    claude = parse_claude_result(raw.stdout_tail) if fmt in ("auto", "claude-json") else None
+    codex = None
+    if claude is None and fmt in ("auto", "codex-jsonl"):
+        facts = raw.codex if raw.codex is not None else codex_facts(raw.stdout_tail)
+        codex = facts if facts.seen else None
+    text = raw.stderr_tail.decode("utf-8", "replace")
+    tokens, session, cost = None, None, None
+    if claude is not None:
+        text, tokens, session, cost = claude.text, claude.tokens, claude.session_id, claude.cost_usd
+    elif codex is not None:
+        tokens, session = codex.tokens, codex.thread_id
+        if codex.turn_failed is not None:
+            text = codex.turn_failed
+        elif codex.last_error is not None and (codex.error_pending or raw.exit_code != 0):
+            text = codex.last_error
+    estimated = tokens is None
+    return _Evidence(
+        claude=claude,
+        codex=codex,
+        text=text,
+        tokens=raw.output_bytes // 4 if tokens is None else tokens,
+        estimated=estimated,
+        cost=cost,
+        session_id=session if session and _SESSION_RE.fullmatch(session) else None,
+    )
+
+
+def _why_failed(ev: _Evidence, code: int | None, fmt: OutputFormat) -> str | None:
+    """Why the attempt failed by its own account, or None when it completed (SPEC 5, 13)."""
+    if ev.claude is not None:
+        if ev.claude.subtype not in (None, "success"):
+            return f"agent reported {ev.claude.subtype}"
+        if ev.claude.is_error:
+            return "agent reported an error"
+        return None if code == 0 else f"exit code {code}"
+    if ev.codex is not None:
+        if ev.codex.turn_failed is not None:
+            return "codex turn failed" if code == 0 else f"codex turn failed (exit code {code})"
+        if code != 0:
+            return f"exit code {code}"
+        if ev.codex.error_pending:
+            return "codex reported an error and its turn did not complete"
+        return None
+    if fmt == "claude-json":
+        return f"no Claude result on stdout (exit code {code})"
+    if fmt == "codex-jsonl":
+        return f"no codex events on stdout (exit code {code})"
+    return None if code == 0 else f"exit code {code}"
 
 
 @dataclass(frozen=True)
@@ -266,8 +261,9 @@ class Classifier:
     transient: tuple[re.Pattern[str], ...]
     permanent: tuple[re.Pattern[str], ...]
     transient_exit_codes: frozenset[int]
-    allow_permission_denials: bool = False
-    timeout_s: float = 0.0  # runner.timeout, named in a timed-out attempt's message
+    usage: tuple[re.Pattern[str], ...] = ()
+    login: tuple[re.Pattern[str], ...] = ()
+    defaults: RunnerTraits = RunnerTraits()  # when ``judge`` is given an output format only
 
     @classmethod
     def build(
@@ -276,15 +272,37 @@ class Classifier:
         permanent_patterns: Iterable[str] = (),
         transient_exit_codes: Iterable[int] = (75,),
         *,
+        usage_patterns: Iterable[str] = (),
+        login_patterns: Iterable[str] = (),
         allow_permission_denials: bool = False,
         timeout_s: float = 0.0,
     ) -> Classifier:
+        def compiled(*groups: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+            return tuple(re.compile(p) for group in groups for p in group)
+
         return cls(
-            transient=tuple(re.compile(p) for p in (*SEED_TRANSIENT, *transient_patterns)),
-            permanent=tuple(re.compile(p) for p in (*SEED_PERMANENT, *permanent_patterns)),
+            transient=compiled(SEED_TRANSIENT, NETWORK_TRANSIENT, transient_patterns),
+            permanent=compiled(SEED_PERMANENT, permanent_patterns),
             transient_exit_codes=frozenset(transient_exit_codes),
-            allow_permission_denials=allow_permission_denials,
-            timeout_s=timeout_s,
+            usage=compiled(limits.USAGE_PATTERNS, usage_patterns),
+            login=compiled(limits.LOGIN_PATTERNS, login_patterns),
+            defaults=RunnerTraits(
+                allow_permission_denials=allow_permission_denials, timeout_s=timeout_s
+            ),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Classifier:
+        """The patterns and exit codes of ``[classify]`` and ``[limits]``."""
+        c, lim = cfg.classify, cfg.limits
+        return cls.build(
+            c.transient_patterns,
+            c.permanent_patterns,
+            c.transient_exit_codes,
+            usage_patterns=lim.usage_patterns,
+            login_patterns=lim.login_patterns,
+            allow_permission_denials=cfg.runner.allow_permission_denials,
+            timeout_s=float(cfg.runner.timeout),
         )
 
     def failure_type(self, text: str) -> FailureType | None:
@@ -295,51 +313,84 @@ class Classifier:
             return "permanent"
         return None
 
-    def judge(self, raw: RawResult, output_format: OutputFormat) -> Verdict:
-        """Decide outcome, failure type and message of a finished attempt."""
-        claude = None if output_format == "text" else parse_claude_result(raw.stdout_tail)
-        tokens = claude.tokens if claude else None
-        cost = claude.cost_usd if claude else None
-        if tokens is None:
-            tokens = raw.output_bytes // 4
-        stderr = raw.stderr_tail.decode("utf-8", "replace")
-        text = claude.text if claude is not None else stderr
-        lowered = text.lower()
+    def judge(
+        self,
+        raw: RawResult,
+        runner: RunnerTraits | OutputFormat,
+        *,
+        now: float | None = None,
+        zone: tzinfo | None = None,
+    ) -> Verdict:
+        """Decide the outcome of a finished attempt.
 
-        def fail(ftype: FailureType, why: str, outcome: Outcome = "failed") -> Verdict:
-            detail = sanitize(text.strip()) if text.strip() else ""
-            message = f"{why}: {detail}" if detail else why
-            return Verdict(outcome, ftype, sanitize(message), tokens, cost, lowered)
+        ``now`` is when the attempt ended and ``zone`` the daemon's local zone (None:
+        the process's local time): a usage limit's reset time is read with them. Without
+        ``now`` a limited verdict has no ``limit_until``.
+        """
+        traits = runner if isinstance(runner, RunnerTraits) else self._traits(runner)
+        ev = _evidence(raw, traits.output_format)
+        early = self._ended_early(raw, ev, traits)
+        if early is not None:
+            return early
+        why = _why_failed(ev, raw.exit_code, traits.output_format)
+        if why is None:
+            return ev.verdict("completed")
+        return self._failure(ev, why, raw.exit_code, traits, now, zone)
 
+    def _traits(self, output_format: OutputFormat) -> RunnerTraits:
+        return dataclasses.replace(self.defaults, output_format=output_format)
+
+    def _ended_early(self, raw: RawResult, ev: _Evidence, traits: RunnerTraits) -> Verdict | None:
+        """Stopped, timed out, stalled, ended by the cluster or a signal, or blocked."""
         if raw.interrupted:
-            return Verdict("interrupted", None, "stopped by batchd", tokens, cost, lowered)
+            return ev.verdict("interrupted", message="stopped by batchd")
+        if raw.stalled:
+            n = f" for {traits.stall_timeout_s:g} s" if traits.stall_timeout_s else ""
+            why = f"stalled: no output{n} (runner.stall_timeout)"
+            return ev.fail("transient", why, "timed_out")
         if raw.timed_out:
-            limit = f" after {self.timeout_s:g} s (runner.timeout)" if self.timeout_s else ""
-            return fail("transient", f"timed out{limit}", "timed_out")
+            limit = f" after {traits.timeout_s:g} s (runner.timeout)" if traits.timeout_s else ""
+            return ev.fail("transient", f"timed out{limit}", "timed_out")
         if raw.cluster_state in CLUSTER_END_STATES:
             outcome, ftype, why = CLUSTER_END_STATES[raw.cluster_state]
-            return fail(ftype, why, outcome)
+            return ev.fail(ftype, why, outcome)
         if raw.signal is not None:
-            return fail("transient", f"killed by signal {raw.signal}")
-        code = raw.exit_code
-        if claude is not None and claude.denied_tools and not self.allow_permission_denials:
+            return ev.fail("transient", f"killed by signal {raw.signal}")
+        if ev.claude is not None and ev.claude.denied_tools and not traits.allow_permission_denials:
             # Whatever the exit code and is_error say: the agent was blocked, retrying
             # with the same permissions cannot help.
-            return fail("permanent", denial_message(claude.denied_tools))
-        if claude is not None:
-            failed = claude.is_error or code != 0
-            why = "agent reported an error" if claude.is_error else f"exit code {code}"
-        elif output_format == "claude-json":
-            failed = True
-            why = f"no Claude result on stdout (exit code {code})"
-        else:
-            failed = code != 0
-            why = f"exit code {code}"
-        if not failed:
-            return Verdict("completed", None, None, tokens, cost, lowered)
+            return ev.fail("permanent", denial_message(ev.claude.denied_tools))
+        return None
+
+    def _failure(
+        self,
+        ev: _Evidence,
+        why: str,
+        code: int | None,
+        traits: RunnerTraits,
+        now: float | None,
+        zone: tzinfo | None,
+    ) -> Verdict:
+        """A failed attempt by its text: login, usage limit, the agent's own codes, patterns."""
+        lowered = ev.text.lower()
+        said = sanitize(ev.text.strip())
+        if any(p.search(lowered) for p in self.login):
+            agent = "claude" if ev.claude else "codex" if ev.codex else None
+            agent = agent or limits.agent_of(traits.program)
+            message = sanitize(limits.login_help(agent, traits.user, said))
+            return ev.verdict("interrupted", message=message, trouble="agent_login")
+        if any(p.search(lowered) for p in self.usage):
+            reset = reset_at(ev.text, now, zone) if now is not None else None
+            at = reset.at if reset is not None else None
+            notes = (reset.note,) if reset is not None and reset.note else ()
+            return ev.verdict("limited", message=said, limit_until=at, notes=notes)
+        if ev.claude is not None and ev.claude.subtype in CLAUDE_CAPS:
+            return ev.fail("permanent", f"{why}: {CLAUDE_CAPS[ev.claude.subtype]}")
+        if ev.claude is not None and ev.claude.api_error_status in TRANSIENT_API_STATUS:
+            return ev.fail("transient", f"{why} (API status {ev.claude.api_error_status})")
         if code in self.transient_exit_codes:
-            return fail("transient", why)
-        return fail(self.failure_type(lowered) or "permanent", why)
+            return ev.fail("transient", why)
+        return ev.fail(self.failure_type(lowered) or "permanent", why)
 
 
 def hook_failed(name: str, why: str) -> Verdict:
@@ -347,45 +398,7 @@ def hook_failed(name: str, why: str) -> Verdict:
     return Verdict("failed", "transient", sanitize(f"hook {name} failed: {why}"))
 
 
-# --- retry hints -------------------------------------------------------------
-
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NUM_UNIT = r"(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)?\b"
-_HINT_RES = (
-    re.compile(r"retry[-_ ]after[\"']?\s*[:=]?\s*" + _NUM_UNIT),
-    re.compile(r"(?:try again|retry) in\s*" + _NUM_UNIT),
-)
-_RESET_ISO_RE = re.compile(
-    r"reset(?:s|_at)?\s*(?:at)?[\"']?\s*[:=]?\s*[\"']?"
-    r"(\d{4}-\d\d-\d\d[t ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:z|[+-]\d\d:?\d\d)?)"
-)
-_RESET_EPOCH_RE = re.compile(r"(?:limit reached\||reset(?:s|_at)?\s*[:=]?\s*)(\d{10})\b")
-
-
-def _unit_seconds(unit: str | None) -> float:
-    if not unit:
-        return 1.0
-    if unit.startswith("ms") or unit.startswith("milli"):
-        return _UNIT_S["ms"]
-    return _UNIT_S[unit[0]]
-
-
-def retry_hint(text: str, now: float) -> float | None:
-    """Seconds to wait that the failure text asks for, or None. ``text`` is lowercased."""
-    for pattern in _HINT_RES:
-        m = pattern.search(text)
-        if m:
-            return float(m.group(1)) * _unit_seconds(m.group(2))
-    m = _RESET_ISO_RE.search(text)
-    if m:
-        stamp = m.group(1).upper().replace(" ", "T").replace("Z", "+00:00")
-        try:
-            when = datetime.fromisoformat(stamp)
-        except ValueError:
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, when.timestamp() - now)
-    m = _RESET_EPOCH_RE.search(text)
-    if m:
-        return max(0.0, float(m.group(1)) - now)
-    return None
+def retry_hint(text: str, now: float, zone: tzinfo | None = None) -> float | None:
+    """Seconds to wait that the failure text asks for (0 once passed), or None."""
+    at = reset_at(text, now, zone).at
+    return None if at is None else max(0.0, at - now)

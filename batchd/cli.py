@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchd import __version__
@@ -54,67 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_problems(cfg: Config, env: Mapping[str, str]) -> list[str]:
-    """What would stop this configuration from working, beyond what loading it checks
-    (keys, types, placeholders): programs that are not there, directories that cannot be."""
-    from batchd.config import HOOKS
-
-    found: list[str] = []
-    where = cfg.paths.config
-    runner_path = cfg.runner.env.get("PATH") or env.get("PATH", os.defpath)
-    if cfg.runner.engine == "local":
-        found += _program(where, "runner.command", cfg.runner.command, runner_path)
-    else:
-        found += _program(
-            where, f"runner.engine = {cfg.runner.engine!r}", ["sbatch"], env.get("PATH", os.defpath)
-        )
-    for name in HOOKS:
-        argv = getattr(cfg.hooks, name)
-        if argv:
-            found += _program(where, f"hooks.{name}", argv, runner_path)
-    if cfg.runner.cwd and not os.path.isdir(os.path.expanduser(cfg.runner.cwd)):
-        found.append(f"{where}: runner.cwd: {cfg.runner.cwd!r} is not a directory; create it")
-    p = cfg.paths
-    for key, path in (("spool_dir", p.spool_dir), ("state_dir", p.state_dir)):
-        found += _directory(key, path)
-    found += _directory("socket", p.socket.parent)
-    if len(os.fsencode(p.socket)) > 107:
-        found.append(f"socket: {p.socket} is longer than the 107 bytes a Unix socket allows")
-    return found
-
-
-def _program(where: object, key: str, argv: list[str], path: str) -> list[str]:
-    program = argv[0]
-    if "/" in program:
-        full = os.path.expanduser(program)
-        if os.path.isfile(full) and os.access(full, os.X_OK):
-            return []
-        return [f"{where}: {key}: {program!r} is not an executable file"]
-    if shutil.which(program, path=path):
-        return []
-    return [
-        f"{where}: {key}: {program!r} is not found on PATH ({path}); install it, give its "
-        "absolute path, or set PATH in the daemon's environment "
-        "(under systemd: ~/.config/batchd/environment)"
-    ]
-
-
-def _directory(key: str, path: Path) -> list[str]:
-    """A directory batchd can use or create: it, or its nearest existing parent, is a
-    directory this user may write in."""
-    probe = path
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return [f"{key}: {path}: {probe} is not a directory; choose another {key}"]
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return [
-            f"{key}: {path}: {probe} is not writable by this user; "
-            f"fix its permissions or choose another {key}"
-        ]
-    return []
-
-
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command or "run"
@@ -127,34 +63,29 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
 
+    where = dict(
+        config=args.config,
+        spool=args.spool,
+        state_dir=args.state_dir,
+        socket=args.socket,
+        runner=args.runner,
+    )
+    if command == "check-config":
+        from batchd.checkconfig import check_config
+
+        sys.exit(check_config(os.environ, **where))
+
     from batchd.config import load_config
     from batchd.paths import ConfigError
 
     def load() -> Config:
-        return load_config(
-            os.environ,
-            config=args.config,
-            spool=args.spool,
-            state_dir=args.state_dir,
-            socket=args.socket,
-            runner=args.runner,
-        )
+        return load_config(os.environ, **where)
 
     try:
         cfg = load()
     except ConfigError as e:
         print(f"batchd: bad configuration: {e}", file=sys.stderr)
         sys.exit(EX_CONFIG)
-
-    if command == "check-config":
-        found = config_problems(cfg, os.environ)
-        for problem in found:
-            print(f"batchd: bad configuration: {problem}", file=sys.stderr)
-        if found:
-            sys.exit(EX_CONFIG)
-        where = cfg.paths.config if cfg.paths.config.exists() else "defaults (no config file)"
-        print(f"configuration OK: {where}")
-        sys.exit(0)
 
     if command == "paths":
         p = cfg.paths

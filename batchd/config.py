@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from batchd import template
+from batchd import structcheck, template
 from batchd.paths import ConfigError, Paths, load_paths
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -240,99 +239,113 @@ def profile_of(cfg: FileConfig, name: str) -> RunnerConfig:
     return msgspec.structs.replace(cfg.runner, **changes)
 
 
-_PATH_RE = re.compile(r"`\$\.?([^`]*)`")
+class ConfigProblems(ConfigError):
+    """Every problem found in a configuration, each naming its file and key."""
 
-
-def _describe(e: msgspec.ValidationError) -> str:
-    """``Expected `int` >= 0 - at `$.retry.max_global``` -> ``retry.max_global: ...``."""
-    text = str(e)
-    head, sep, tail = text.rpartition(" - at ")
-    if not sep:
-        head, key = text, ""  # an error at the top level of the file
-    else:
-        m = _PATH_RE.match(tail)
-        key = m.group(1) if m else tail
-    if "Object contains unknown field" in head:
-        field = re.search(r"`([^`]*)`", head)
-        name = field.group(1) if field else "?"
-        key = f"{key}.{name}" if key else name
-        return f"{key}: unknown key (see the configuration reference in the README)"
-    enum = re.match(r"Invalid enum value (.*)", head)
-    if enum and key:
-        choices = ", ".join(_choices(key)) or "?"
-        return f"{key}: {enum.group(1)} is not one of {choices}"
-    return f"{key}: {head.replace('`', '')}" if key else head.replace("`", "")
-
-
-def _choices(key: str) -> list[str]:
-    """The values a ``Literal`` key of the config file allows (``runner.output_format``)."""
-    kind: Any = FileConfig
-    for part in key.split("."):
-        hints = typing.get_type_hints(kind) if isinstance(kind, type) else {}
-        if part not in hints:
-            return []
-        kind = hints[part]
-    return [str(v) for v in typing.get_args(kind)] if typing.get_origin(kind) is Literal else []
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def decode_file_config(raw: Mapping[str, Any], source: Path | str) -> FileConfig:
-    _check_profiles(raw, source)
-    try:
-        cfg = msgspec.convert(dict(raw), FileConfig)
-    except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {_describe(e)}") from None
-    _check_semantics(cfg, source)
+    """The config file's settings; ``ConfigProblems`` naming every bad key."""
+    cfg, problems, _ = check_file_config(raw, source)
+    if problems:
+        raise ConfigProblems(problems)
     return cfg
 
 
-def _check_profiles(raw: Mapping[str, Any], source: Path | str) -> None:
-    """Each ``[runners.NAME]`` on its own, so that an error names the profile (msgspec
-    would say ``runners[...]``)."""
-    profiles = raw.get("runners")
-    if not isinstance(profiles, dict):
-        return  # not a table: the whole-file check says so
-    for name, table in profiles.items():
-        if name == DEFAULT_PROFILE:
-            raise ConfigError(
-                f"{source}: runners.{name}: 'default' is [runner] itself; set those keys "
-                "in [runner], or give this profile another name"
-            )
-        try:
-            msgspec.convert(table, RunnerProfile)
-        except msgspec.ValidationError as e:
-            raise ConfigError(f"{source}: runners.{name}.{_describe(e)}") from None
+class FileCheck(NamedTuple):
+    """A config file checked whole: its settings with each bad key at its default (so
+    that the checks that follow, programs and directories, still run), every problem
+    (``FILE: KEY: what``), and the keys at their default for a bad value."""
+
+    file: FileConfig
+    problems: list[str]
+    dropped: frozenset[str]
 
 
-def _check_semantics(cfg: FileConfig, source: Path | str) -> None:
-    for key in ("transient_patterns", "permanent_patterns"):
-        for i, pattern in enumerate(getattr(cfg.classify, key)):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ConfigError(
-                    f"{source}: classify.{key}[{i}]: invalid regular expression: {e}"
-                ) from None
-    if cfg.runner.cwd and not cfg.runner.cwd.startswith(("/", "~")):
-        raise ConfigError(
-            f"{source}: runner.cwd: Expected an absolute path, got {cfg.runner.cwd!r}"
+def check_file_config(raw: Mapping[str, Any], source: Path | str) -> FileCheck:
+    """Every problem of the file, not only the first (``FileCheck``)."""
+    found, kept, dropped = structcheck.check(raw, FileConfig)
+    try:
+        cfg = msgspec.convert(kept, FileConfig)
+    except msgspec.ValidationError as e:  # a rule across keys the key-by-key pass missed
+        found.append(structcheck.describe(e, ""))
+        cfg = FileConfig()
+    found += semantic_problems(cfg)
+    return FileCheck(cfg, [f"{source}: {problem}" for problem in found], dropped)
+
+
+def semantic_problems(cfg: FileConfig) -> list[str]:
+    """What a well-typed config can still get wrong: regexes that do not compile,
+    placeholders, a relative cwd, an empty program, a profile named ``default``."""
+    found = []
+    patterns: list[tuple[str, Base, tuple[str, ...]]] = [
+        ("classify", cfg.classify, ("transient_patterns", "permanent_patterns")),
+        ("limits", cfg.limits, ("usage_patterns", "login_patterns")),
+    ]
+    for section, table, keys in patterns:
+        for key in keys:
+            for i, pattern in enumerate(getattr(table, key)):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    found.append(f"{section}.{key}[{i}]: invalid regular expression: {e}")
+    if DEFAULT_PROFILE in cfg.runners:
+        found.append(
+            f"runners.{DEFAULT_PROFILE}: 'default' is [runner] itself; set those keys "
+            "in [runner], or give this profile another name"
         )
-    if not cfg.runner.command[0]:
-        raise ConfigError(f"{source}: runner.command: the program (first element) is empty")
-    _check_placeholders(cfg, source)
+    found += _runner_problems("runner", cfg.runner)
+    for name, own in cfg.runners.items():
+        found += _runner_problems(f"runners.{name}", own)
+    argvs = [(f"hooks.{name}", getattr(cfg.hooks, name)) for name in HOOKS]
+    argvs.append(("verify.command", cfg.verify.command))
+    return found + [p for where, argv in argvs for p in _placeholders(where, argv)]
 
 
-def _check_placeholders(cfg: FileConfig, source: Path | str) -> None:
-    """An unknown ``{name}`` or a lone brace in the runner's or a hook's argv (SPEC 2)."""
-    argvs = [("runner.command", cfg.runner.command)]
-    argvs += [(f"hooks.{name}", getattr(cfg.hooks, name)) for name in HOOKS]
-    for where, argv in argvs:
-        try:
-            template.check(argv, where)
-        except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
+def _runner_problems(where: str, runner: RunnerConfig | RunnerProfile) -> list[str]:
+    """The keys a runner profile sets itself (``[runner]``: all of them)."""
+    found = []
+    cwd, command = runner.cwd, runner.command
+    if isinstance(cwd, str) and cwd and not cwd.startswith(("/", "~")):
+        found.append(f"{where}.cwd: Expected an absolute path, got {cwd!r}")
+    if isinstance(command, list):
+        if not command[0]:
+            found.append(f"{where}.command: the program (first element) is empty")
+        found += _placeholders(f"{where}.command", command)
+    if isinstance(runner.verify, list):
+        found += _placeholders(f"{where}.verify", runner.verify)
+    return found
 
 
-def load_config(
+def _placeholders(where: str, argv: list[str]) -> list[str]:
+    """An unknown ``{name}`` or a lone brace in an argv (SPEC 2)."""
+    try:
+        template.check(argv, where)
+    except ValueError as e:
+        return [str(e)]
+    return []
+
+
+def load_config(env: Mapping[str, str], **where: str | None) -> Config:
+    """Load and validate the config file, then apply environment and flags (``where``:
+    ``config``, ``spool``, ``state_dir``, ``socket``, ``runner``, as for
+    ``load_config_checked``); ``ConfigProblems`` naming every problem."""
+    cfg, problems, _ = load_config_checked(env, **where)
+    if problems:
+        raise ConfigProblems(problems)
+    return cfg
+
+
+class ConfigCheck(NamedTuple):
+    config: Config  # each bad key at its default
+    problems: list[str]
+    dropped: frozenset[str]  # the keys at their default for a bad value
+
+
+def load_config_checked(
     env: Mapping[str, str],
     *,
     config: str | None = None,
@@ -340,10 +353,11 @@ def load_config(
     state_dir: str | None = None,
     socket: str | None = None,
     runner: str | None = None,
-) -> Config:
-    """Load and validate the config file, then apply environment and flags."""
+) -> ConfigCheck:
+    """``load_config`` listing every problem instead of raising on the first.
+    ``ConfigError`` only when the file cannot be read or parsed, or a path is bad."""
     paths, raw = load_paths(env, config=config, spool=spool, state_dir=state_dir, socket=socket)
-    file_cfg = decode_file_config(raw, paths.config)
+    file_cfg, problems, dropped = check_file_config(raw, paths.config)
     # A given --runner counts even when empty (an error); an empty BATCHD_RUNNER is unset,
     # as with the other variables, so `BATCHD_RUNNER= batchd` uses runner.command.
     if runner is not None:
@@ -351,15 +365,18 @@ def load_config(
     else:
         source, override = "BATCHD_RUNNER", env.get("BATCHD_RUNNER", "")
     if runner is not None or override:
-        argv = _split_runner(override, source)
         try:
+            argv = _split_runner(override, source)
             template.check(argv, "runner.command")
         except ValueError as e:
-            raise ConfigError(f"{source}: {e}") from None
-        file_cfg = msgspec.structs.replace(
-            file_cfg, runner=msgspec.structs.replace(file_cfg.runner, command=argv)
-        )
-    return Config(paths=paths, file=file_cfg)
+            problems.append(f"{source}: {e}")
+        except ConfigError as e:
+            problems.append(str(e))
+        else:
+            runner_cfg = msgspec.structs.replace(file_cfg.runner, command=argv)
+            file_cfg = msgspec.structs.replace(file_cfg, runner=runner_cfg)
+            dropped -= {"runner.command"}
+    return ConfigCheck(Config(paths=paths, file=file_cfg), problems, dropped)
 
 
 def _split_runner(text: str, source: str) -> list[str]:

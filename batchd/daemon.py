@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from batchd import __version__, intake, queue, recovery, systemd
+from batchd import __version__, checkconfig, intake, queue, recovery, systemd
 from batchd.config import Config
 from batchd.engine import Engine
 from batchd.engines import RunnerEngine
@@ -59,7 +59,13 @@ def make_runner(cfg: Config, env: dict[str, str]) -> RunnerEngine:
 
 
 def run(cfg: Config, backend: str, reload: Reload) -> int:
-    """Run the daemon in the foreground; the exit code (0 clean, 1 fatal)."""
+    """Run the daemon in the foreground; the exit code (0 clean, 1 fatal, 78 a spool or
+    state path that cannot be a directory of ours)."""
+    unusable = checkconfig.path_problems(cfg, socket=False)
+    for problem in unusable:
+        log.error("bad configuration: %s", problem)
+    if unusable:
+        return checkconfig.EX_CONFIG
     store = Store(cfg.paths.state_dir)
     try:
         store.open()

@@ -32,6 +32,7 @@ import anyio.abc
 
 from batchd import feature, launch, limitwait, queue, schedule, wording
 from batchd.batch import Batch
+from batchd.checkconfig import daemon_user
 from batchd.clock import Clock, SystemClock
 from batchd.config import Config
 from batchd.dotenv import DotenvConsent
@@ -40,7 +41,7 @@ from batchd.errors import NotDurable
 from batchd.hooks import Hooks
 from batchd.journal import Journal
 from batchd.live import Live, Slot
-from batchd.model import AuditEvent
+from batchd.model import AuditEvent, LimitWait
 from batchd.policy import consent
 from batchd.rules import Rules, missing_profile
 from batchd.store import Store
@@ -83,6 +84,7 @@ class Engine:
         self.hooks = Hooks()
         self.started = self.clock.now()
         self.pid = os.getpid()
+        self._user = daemon_user()
         self.last_id_us = 0  # of the newest batch id (two in one microsecond stay apart)
         self.state_key = hashlib.sha256(os.path.realpath(store.root).encode()).hexdigest()[:12]
         self.config_file_seen = os.path.lexists(cfg.paths.config)
@@ -116,7 +118,7 @@ class Engine:
 
     def apply_config(self, cfg: Config) -> None:
         """Use ``cfg`` from now on (start, or a good reload)."""
-        self._rules = Rules.make(cfg, self.env)
+        self._rules = Rules.make(cfg, self.env, self._user)
         self._cwd_keys.clear()
         self.check_batches()
 
@@ -356,6 +358,17 @@ class Engine:
         state_file = self.store.batch_dir(batch.batch_id) / "state.json"
         env = launch.batch_hook_env(self._rules.base_env, batch, state_file)
         await self._hook(name, batch, {"batch_id": batch.batch_id}, env)
+
+    async def limit_hook(self, batch: Batch, profile: str, wait: LimitWait) -> None:
+        """``on_limit``: a usage-limit wait of ``profile`` begins."""
+        env = dict(
+            self._rules.base_env,
+            BATCHD_RUNNER_PROFILE=profile,
+            BATCHD_LIMIT_UNTIL=wait.until,
+            BATCHD_LIMIT_MESSAGE=wait.message,
+            BATCHD_BATCH_ID=batch.batch_id,
+        )
+        await self._hook("on_limit", batch, {"batch_id": batch.batch_id}, env)
 
     def announce_done(self, batch: Batch) -> None:
         """A command ended a batch: its on_batch_done hook runs from the loop, so the

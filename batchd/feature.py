@@ -22,14 +22,14 @@ import random
 from pathlib import Path
 from typing import Protocol
 
-from batchd import attempts, checking, failpoints, queue, wording
+from batchd import attempts, checking, failpoints, queue, waiting, wording
 from batchd.attempts import Evidence
 from batchd.batch import UNCHARGED, Batch
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
 from batchd.clock import Clock
 from batchd.engines import Run, RunnerEngine, RunRef, SpawnError
 from batchd.live import Live, Slot
-from batchd.model import AuditEvent, utc_iso
+from batchd.model import AuditEvent, LimitWait, utc_iso
 from batchd.rules import Rules
 
 log = logging.getLogger("batchd")
@@ -54,6 +54,8 @@ class Host(Protocol):
     async def feature_hook(self, name: str, slot: Slot, env: dict[str, str]) -> str | None: ...
 
     async def batch_hook(self, name: str, batch: Batch) -> None: ...
+
+    async def limit_hook(self, batch: Batch, profile: str, wait: LimitWait) -> None: ...
 
     def log_path(self, batch: Batch, index: int, attempt: int) -> Path: ...
 
@@ -220,8 +222,12 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
         log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
         return
     rules = host.rules
-    runner = rules.runner(batch) or rules.cfg.runner
-    verdict = rules.classifier_for(batch).judge(raw, runner.output_format)
+    verdict = rules.classifier.judge(raw, rules.traits_for(batch), now=host.clock.now())
+    for note in verdict.notes:
+        log.warning("%s: feature %d: %s", batch.batch_id, slot.index + 1, note)
+    if verdict.trouble == "agent_login":
+        _login_trouble(host, batch, slot.index, verdict)
+        return
     checked = await checking.after_agent(host, slot, verdict, raw.exit_code)
     output = checked.output if checked.output is not None else None
     await _finish(
@@ -233,6 +239,17 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
         evidence=checked.evidence,
         feedback=(output, raw.stderr_tail),
     )
+
+
+def _login_trouble(host: Host, batch: Batch, index: int, verdict: Verdict) -> None:
+    """The agent is not logged in: nobody's feature failed. The attempt is recorded
+    interrupted (uncharged) and the profile's batches pause until the user logs in."""
+    profile = batch.state.runner
+    reason = waiting.login_pause_reason(verdict, profile)
+    batch.mark_interrupted(host.clock.now(), f"interrupted: {reason}")
+    host.persist(batch)
+    log.error("%s: feature %d: %s", batch.batch_id, index + 1, reason)
+    waiting.pause_profile(host, profile, reason)
 
 
 async def _recheck(host: Host, slot: Slot) -> None:
@@ -298,6 +315,7 @@ async def _finish(
     host.persist(batch, step.events)
     level, line = wording.outcome_message(batch, slot.index, attempt, verdict, step, rules.settings)
     log.log(level, "%s", line)
+    await waiting.after_outcome(host, batch, slot.index, verdict)
     if ran:
         env = dict(slot.spec.env, BATCHD_OUTCOME=verdict.outcome)
         await host.feature_hook("after_feature", slot, env)

@@ -86,6 +86,7 @@ def spec(
         timeout=float(runner.timeout),
         kill_grace=float(runner.kill_grace),
         max_log_bytes=runner.max_log_bytes,
+        stall_timeout=float(runner.stall_timeout),
     )
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import msgspec
 
 from batchd.batch import Batch
-from batchd.classify import Classifier
+from batchd.classify import Classifier, RunnerTraits
 from batchd.config import DEFAULT_PROFILE, Config, RunnerConfig
+from batchd.limitwait import LimitRules
 from batchd.systemd import child_env
 from batchd.transitions import Settings, settings_from
 
@@ -26,17 +27,22 @@ from batchd.transitions import Settings, settings_from
 class Rules:
     cfg: Config
     settings: Settings
-    classifiers: dict[str, Classifier]  # per runner profile
+    classifier: Classifier  # [classify] and [limits]: the patterns, the exit codes
+    traits: dict[str, RunnerTraits]  # what judging needs of each runner profile
+    limits: LimitRules
     base_env: dict[str, str]  # the daemon's environment as a runner gets it
 
     @classmethod
-    def make(cls, cfg: Config, env: Mapping[str, str]) -> Rules:
-        classifiers = {name: _classifier(cfg, name) for name in cfg.profile_names()}
-        return cls(cfg, settings_from(cfg), classifiers, child_env(env))
-
-    @property
-    def classifier(self) -> Classifier:
-        return self.classifiers[DEFAULT_PROFILE]
+    def make(cls, cfg: Config, env: Mapping[str, str], user: str) -> Rules:
+        traits = {name: RunnerTraits.of(cfg.profile(name), user) for name in cfg.profile_names()}
+        lim = cfg.limits
+        limits = LimitRules(
+            reset_margin=float(lim.reset_margin),
+            probe_interval=float(lim.probe_interval),
+            max_limit_wait=float(lim.max_limit_wait),
+        )
+        classifier = Classifier.from_config(cfg)
+        return cls(cfg, settings_from(cfg), classifier, traits, limits, child_env(env))
 
     def runner(self, batch: Batch) -> RunnerConfig | None:
         """The ``[runner]`` settings of the batch's profile; None when the configuration
@@ -46,8 +52,8 @@ class Rules:
         except KeyError:
             return None
 
-    def classifier_for(self, batch: Batch) -> Classifier:
-        return self.classifiers.get(batch.state.runner) or self.classifier
+    def traits_for(self, batch: Batch) -> RunnerTraits:
+        return self.traits.get(batch.state.runner) or self.traits[DEFAULT_PROFILE]
 
     def effective_cwd(self, batch: Batch) -> str:
         """Where the batch's features run: its cwd, else runner.cwd, else home."""
@@ -56,17 +62,6 @@ class Rules:
         if self.cfg.runner.cwd:
             return os.path.expanduser(self.cfg.runner.cwd)
         return os.path.expanduser("~")
-
-
-def _classifier(cfg: Config, profile: str) -> Classifier:
-    c, runner = cfg.classify, cfg.profile(profile)
-    return Classifier.build(
-        c.transient_patterns,
-        c.permanent_patterns,
-        c.transient_exit_codes,
-        allow_permission_denials=runner.allow_permission_denials,
-        timeout_s=float(runner.timeout),
-    )
 
 
 def missing_profile(batch: Batch, cfg: Config) -> str | None:

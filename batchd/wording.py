@@ -59,6 +59,13 @@ def outcome_message(
     where = f"{batch.batch_id}: feature {index + 1}/{batch.state.total_features}"
     if verdict.outcome == "completed":
         return logging.INFO, f"{where} completed (attempt {attempt})"
+    if verdict.outcome == "limited":
+        return logging.WARNING, (
+            f"{where} attempt {attempt} stopped at the agent's usage limit ({verdict.message}); "
+            "not a failure: it runs again when the limit resets"
+        )
+    if verdict.outcome == "interrupted":
+        return logging.INFO, f"{where} attempt {attempt} {verdict.message or 'interrupted'}"
     what = (
         f"{where} attempt {attempt} {verdict.outcome} ({verdict.failure_type}): {verdict.message}"
     )

@@ -53,6 +53,7 @@ class LaunchSpec:
     timeout: float = 0.0  # seconds; 0 = none
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     max_log_bytes: int = 10 * 1024 * 1024
+    stall_timeout: float = 0.0  # seconds without output before it is stopped; 0 = none
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,6 +37,7 @@ class LocalEngine:
                 timeout=spec.timeout,
                 kill_grace=spec.kill_grace,
                 max_log_bytes=spec.max_log_bytes,
+                stall_timeout=spec.stall_timeout,
             )
         )
 

@@ -3,10 +3,13 @@
 Owns the lifecycle of every process batchd starts on this machine (runner
 attempts of the local engine, and hooks): spawning without a shell in a new
 session, waiting through a pidfd, draining stdout and stderr (the attempt log
-keeps head and tail past ``max_log_bytes``; the last bytes of each stream are
-kept in memory for classification), and killing the process group (SIGTERM,
-grace, SIGKILL) on timeout, on stop, and when the leader leaves members
-behind. It never decides what an outcome means: that is ``classify``.
+keeps head and tail past ``max_log_bytes``: ``output``; the last bytes of each
+stream are kept in memory for classification, and stdout is fed to
+``agents.CodexStream`` as it arrives, so the facts of a long codex run are
+exact however far past the tail it went), and killing the process group
+(SIGTERM, grace, SIGKILL) on timeout, on a stall (``stall_timeout`` seconds
+without a byte on stdout or stderr), on stop, and when the leader leaves
+members behind. It never decides what an outcome means: that is ``classify``.
 
 Cancellation: ``Process.wait`` cleans up under a shield; when it is cancelled
 the group is killed and reaped before the cancellation proceeds.
@@ -16,22 +19,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import math
 import os
 import select
 import signal
 import subprocess
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
 from batchd import procfs
+from batchd.agents import CodexStream
 from batchd.classify import RawResult
 from batchd.engines import RunRef, SpawnError
+from batchd.engines.output import LogSink, Tail
 
 STDERR_TAIL = 64 * 1024
 STDOUT_TAIL = 256 * 1024
@@ -114,107 +117,6 @@ def _group_gone(pgid: int, leader: subprocess.Popen[bytes] | None) -> bool:
     return not _group_alive(pgid) or not procfs.group_members(pgid)
 
 
-# --- the log -------------------------------------------------------------------
-
-
-class LogSink:
-    """The attempt log: appended raw, 0600; past ``max_bytes`` keep the first and last halves.
-
-    A log that cannot be written (a full disk, a quota, an I/O error) never
-    stops the run: from the first failed write on, output is only drained (the
-    tails for classification are kept elsewhere) and ``error`` says why the log
-    is incomplete.
-    """
-
-    def __init__(self, path: Path | None, max_bytes: int) -> None:
-        self.path = path
-        self.fd: int | None = None
-        self.error: str | None = None
-        half = max_bytes // 2 if max_bytes > 0 else 1 << 62
-        self.half = half
-        self.head_left = half
-        self.tail: deque[bytes] = deque()
-        self.tail_bytes = 0
-        self.dropped = 0
-        if path is not None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                self.fd = os.open(path, flags, 0o600)
-            except OSError as e:
-                if e.errno not in _NO_ROOM:
-                    raise  # a link or a missing directory: not something to run past
-                self.error = f"cannot create the log: {e.strerror}"
-                return
-            self.head_left = max(0, half - os.fstat(self.fd).st_size)
-
-    def _write(self, data: bytes) -> None:
-        if self.fd is None:
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError as e:
-            self.error = f"cannot write the log: {e.strerror}"
-            os.close(self.fd)
-            self.fd = None
-
-    def write(self, data: bytes) -> None:
-        if self.fd is None:
-            return
-        if self.head_left > 0:
-            part = data[: self.head_left]
-            self._write(part)
-            self.head_left -= len(part)
-            data = data[len(part) :]
-            if not data:
-                return
-        self.tail.append(data)
-        self.tail_bytes += len(data)
-        while self.tail_bytes - len(self.tail[0]) >= self.half:
-            old = self.tail.popleft()
-            self.tail_bytes -= len(old)
-            self.dropped += len(old)
-
-    def close(self) -> None:
-        if self.fd is None:
-            return
-        tail = b"".join(self.tail)
-        if self.tail_bytes > self.half:
-            cut = self.tail_bytes - self.half
-            self.dropped += cut
-            tail = tail[cut:]
-        if self.dropped:
-            self._write(
-                f"\n[batchd: {self.dropped} bytes omitted here; the log keeps the first "
-                f"and the last {self.half} bytes]\n".encode()
-            )
-        if tail:
-            self._write(tail)
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
-
-
-class _Tail:
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.buf = bytearray()
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        self.buf += data
-        if len(self.buf) > 2 * self.cap:
-            del self.buf[: len(self.buf) - self.cap]
-
-    def value(self) -> bytes:
-        return bytes(self.buf[-self.cap :])
-
-
 # --- spawning and waiting ---------------------------------------------------------
 
 
@@ -229,6 +131,7 @@ class Launch:
     timeout: float = 0.0  # 0 = none
     kill_grace: float = 10.0
     max_log_bytes: int = 10 * 1024 * 1024
+    stall_timeout: float = 0.0  # seconds without output before it is stopped; 0 = none
     tail_caps: tuple[int, int] = field(default=(STDOUT_TAIL, STDERR_TAIL))
     what: str = "runner"
 
@@ -269,8 +172,11 @@ class Process:
         self.start_time = procfs.start_time(proc.pid)
         self.launch = launch
         self.sink = sink
-        self.stdout = _Tail(launch.tail_caps[0])
-        self.stderr = _Tail(launch.tail_caps[1])
+        self.stdout = Tail(launch.tail_caps[0])
+        self.stderr = Tail(launch.tail_caps[1])
+        self.codex = CodexStream()
+        self.stalled = False
+        self._last_output = 0.0  # anyio.current_time() of the last byte read; set by wait
         self._stop_scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
         assert proc.stdout is not None and proc.stderr is not None
@@ -316,13 +222,17 @@ class Process:
                 return False
             tail.add(data)
             self.sink.write(data)
+            self._last_output = anyio.current_time()
+            if tail is self.stdout:
+                self.codex.feed(data)
 
     async def _pump(self, until_exit: bool) -> None:
         """Drain both pipes until the leader exits (``until_exit``) or until both end.
 
         One epoll set holds the two pipes and the leader's pidfd, and the loop waits
         on that set alone: one coroutine per run instead of a reader task per pipe
-        and a waiter for the exit.
+        and a waiter for the exit. Until the exit, ``stall_timeout`` seconds without
+        a byte on either pipe end the wait with ``stalled`` set.
         """
         while True:
             for fd, _ in self._epoll.poll(0):
@@ -333,14 +243,29 @@ class Process:
                     self._read(fd)
             if self._exited if until_exit else not self._open:
                 return  # a leader that closed its stdout and stderr may still be running
-            if self._pidfd is None and until_exit:  # no pidfd (old kernel): poll the exit
-                if self.proc.poll() is not None:
-                    self._exited = True
-                    continue
-                with anyio.move_on_after(_POLL_S):
-                    await anyio.wait_readable(self._epoll.fileno())
-            else:
+            if self._pidfd is None and until_exit and self.proc.poll() is not None:
+                self._exited = True  # no pidfd (old kernel): the exit is polled
+                continue
+            budget = self._wait_budget(until_exit)
+            if budget <= 0:
+                self.stalled = True
+                return
+            with anyio.move_on_after(budget):
                 await anyio.wait_readable(self._epoll.fileno())
+
+    def _wait_budget(self, until_exit: bool) -> float:
+        """How long to wait for the epoll set: until the stall deadline, a poll of the
+        exit without a pidfd, or for ever; 0 or less when the run has stalled."""
+        budget = math.inf
+        if self._pidfd is None and until_exit:
+            budget = _POLL_S
+        if until_exit and self.launch.stall_timeout > 0:
+            deadline = self._last_output + self.launch.stall_timeout
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                return 0.0
+            budget = min(budget, left)
+        return budget
 
     async def wait(self) -> RawResult:
         """Wait for the end (exit, timeout or stop), kill leftovers, drain, return what happened."""
@@ -364,8 +289,9 @@ class Process:
         return self._result(timed_out)
 
     async def _wait_exit_or_stop(self) -> bool:
-        """True when the timeout fired; returns on exit, timeout or stop."""
+        """True when the timeout fired; returns on exit, timeout, stall or stop."""
         timeout = self.launch.timeout if self.launch.timeout > 0 else math.inf
+        self._last_output = anyio.current_time()
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as self._stop_scope:
             if self.stop_reason is not None:
                 self._stop_scope.cancel()
@@ -396,7 +322,8 @@ class Process:
     def _result(self, timed_out: bool) -> RawResult:
         rc = self.proc.returncode
         interrupted = self.stop_reason is not None
-        sig = -rc if rc is not None and rc < 0 and not (timed_out or interrupted) else None
+        ours = timed_out or interrupted or self.stalled  # batchd sent the signal
+        sig = -rc if rc is not None and rc < 0 and not ours else None
         return RawResult(
             exit_code=rc if rc is not None and rc >= 0 else None,
             signal=sig,
@@ -406,4 +333,6 @@ class Process:
             stderr_tail=self.stderr.value(),
             output_bytes=self.stdout.total,
             log_error=self.sink.error,
+            stalled=self.stalled and not interrupted,
+            codex=self.codex.facts(),
         )

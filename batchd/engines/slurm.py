@@ -37,6 +37,7 @@ import anyio
 from batchd.classify import RawResult, sanitize
 from batchd.clock import Clock, MonotonicClock
 from batchd.engines import LaunchSpec, RunRef, SpawnError
+from batchd.engines.output import codex_facts_of_log
 from batchd.engines.slurm_files import open_log, read_status, read_tail, write_wrapper
 from batchd.engines.slurm_job import SlurmJob, cancel_commands, round_due
 from batchd.engines.slurm_outcome import (
@@ -325,8 +326,10 @@ class SlurmEngine:
 
     async def _finish(self, run: SlurmRun, info: JobInfo | None) -> None:
         """The job has ended (``info``) or Slurm forgot it (None): record what it left."""
-        status = await anyio.to_thread.run_sync(read_status, run.spec.log_path, run.job_id)
-        tail, size = await anyio.to_thread.run_sync(read_tail, run.spec.log_path, run.log_offset)
+        log_path, offset = run.spec.log_path, run.log_offset
+        status = await anyio.to_thread.run_sync(read_status, log_path, run.job_id)
+        tail, size = await anyio.to_thread.run_sync(read_tail, log_path, offset)
+        codex = await anyio.to_thread.run_sync(codex_facts_of_log, log_path, offset)
         if left_no_trace(info, status):
             log.warning("Slurm job %s ended and was forgotten without an exit status", run.job_id)
         run.job.ended(info.state if info is not None else None)
@@ -337,6 +340,7 @@ class SlurmEngine:
             interrupted=run.job.interrupted,
             tail=tail,
             output_bytes=size,
+            codex=codex,
         )
         self._active.pop(run.job_id, None)
 

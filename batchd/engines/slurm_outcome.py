@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from batchd.agents import CodexFacts
 from batchd.classify import RawResult
 from batchd.engines.slurm_protocol import END_STATES, JobInfo, Reply, job_name, parse_show_job
 
@@ -88,6 +89,7 @@ def end_result(
     interrupted: bool,
     tail: bytes,
     output_bytes: int,
+    codex: CodexFacts | None = None,
 ) -> RawResult:
     """What an ended job leaves for ``classify``: the exit status the wrapper recorded wins
     over Slurm's (it is the program's, not the wrapper's); Slurm's signal counts only when
@@ -103,4 +105,5 @@ def end_result(
         stderr_tail=tail,
         output_bytes=output_bytes,
         cluster_state=info.state if info is not None else None,
+        codex=codex,
     )
