@@ -79,7 +79,7 @@ def stop_point(cycle: int) -> str:
     """Where the daemon of ``cycle`` stops, counted from its start (one slot, so in order).
 
     Even cycles: at the second attempt record (the first feature has ended and been
-    recorded, the next one's runner is running). Odd cycles, which follow an even one
+    recorded, the next one's runner started). Odd cycles, which follow an even one
     and so begin with recovery's ``interrupted`` mark (write 1), then the rerun's
     attempt (2) and outcome (3), the next attempt (4): inside write 3 or 4 of the
     batch's ``state.json``, a torn outcome and a torn attempt record in turn. Each
