@@ -19,7 +19,10 @@ claimed), ``after_claim`` (claimed into ``.claimed/``, no batch yet),
 ``after_attempt_record`` (attempt with pid written, runner running),
 ``after_runner_exit`` (runner ended, nothing recorded), ``before_outcome_write``
 (outcome computed, not yet written), ``after_audit_write`` (a decision's audit
-record written, the state that applies it not yet).
+record written, the state that applies it not yet), ``inside_state_write``
+(``store.write_durable``, every durable write of any state file: the temp file
+written and fsynced and still open, not yet renamed over the file; a kill here
+leaves the temp file behind, and ``@N`` picks the N-th write since the start).
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ def write_durable(directory: Path, name: str, data: bytes) -> None:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            failpoints.hit("inside_state_write")
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):

@@ -132,7 +132,8 @@ def test_logs_and_follow(make_daemon: MakeDaemon) -> None:
     """logs returns an attempt's output; follow streams it until the feature ends."""
     d = make_daemon()
     d.start()
-    d.drop("l.txt", ["talk stdout=hello_from_agent sleep=1"])
+    go = d.root / "go"  # the feature runs until the follow has streamed its output
+    d.drop("l.txt", [f"talk stdout=hello_from_agent wait={go}"])
     cur = running(d)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(60)
@@ -150,6 +151,8 @@ def test_logs_and_follow(make_daemon: MakeDaemon) -> None:
             msg = json.loads(f.readline())
             if "event" in msg:
                 text += msg["event"].get("text", "")
+                if "hello from agent" in text:
+                    go.touch()  # streamed while the feature still runs: now let it end
                 continue
             assert msg["ok"] and msg["result"]["ended"] is True
             break

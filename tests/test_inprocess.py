@@ -180,12 +180,14 @@ async def test_the_local_runner_times_out_and_kills_the_whole_group(tmp_path: Pa
             env={**os.environ, "FAKE_AGENT_LOG": str(tmp_path / "agent.jsonl")},
             cwd=str(tmp_path),
             log_path=log,
-            # Long enough for the agent to start on a busy machine (its SIGTERM handler
-            # and its output are part of what is checked).
-            timeout=5.0,
+            # Counted from wait(), which starts once the agent has its SIGTERM handler.
+            timeout=2.0,
             kill_grace=0.5,
         )
     )
+    # The agent notes "start" once its SIGTERM handler is in place (the exit code 143
+    # checked below), then prints at once: only then does the timeout begin to run.
+    await until(lambda: (tmp_path / "agent.jsonl").exists(), "the agent started")
     with anyio.fail_after(60):
         raw = await proc.wait()
     assert raw.timed_out and not raw.interrupted and raw.exit_code == 143  # its SIGTERM handler

@@ -6,9 +6,14 @@ at once, runner included, as a container stop does, and every start gets pid 1
 again: whatever batchd keys on its pid alone (temp file names, lock contents)
 meets what the killed start left behind (NOTES.md "PID namespaces").
 
-Half of the kills land while a runner sleeps; the other half inside a state
-write (batchd frozen with SIGSTOP at random instants until it holds a temp file
-of the state dir open), which is what leaves a temp file behind.
+Every kill lands at a named failpoint (``batchd/failpoints.py``) reached for
+certain in its cycle, never at a moment found by chance. Half of the kills land
+mid-feature (``after_attempt_record``: a runner started, its attempt and pid are
+on disk, its outcome is not); the other half inside a state write (``inside_state_write``:
+a temp ``state.json`` written and fsynced, not renamed), which leaves a temp file
+behind. The daemon waits at the point (``:pause``) and the test kills it from
+outside: PID 1 of a namespace cannot SIGKILL itself (the kernel drops a signal
+sent to init from inside its namespace unless it has a handler).
 """
 
 from __future__ import annotations
@@ -37,13 +42,13 @@ UNSHARE = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-pro
 FEATURES = 16
 
 
-def start_as_pid1(d: Daemon) -> int:
+def start_as_pid1(d: Daemon, env: dict[str, str]) -> int:
     """Start ``d`` as PID 1 of a new PID namespace; its pid as seen from here, once ready."""
     with open(d.stderr_path, "ab") as err:
         # --kill-child: if the test kills unshare (teardown), the namespace goes too.
         d.proc = subprocess.Popen(
             [*UNSHARE, sys.executable, "-m", "batchd", "--backend", d.backend],
-            env=d.env,
+            env={**d.env, **env},
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=err,
@@ -70,13 +75,32 @@ def child_of(parent: int) -> int | None:
     return next((pid for pid in pids if stat_fields(pid)[1:2] == [str(parent).encode()]), None)
 
 
-def new_running_run(d: Daemon, before: frozenset[str]) -> dict[str, Any] | None:
-    """A runner started since ``before`` (the run ids seen then) and running now, once a
-    feature has ended since ``before`` too (so every cycle makes progress)."""
-    runs = [r for r in d.agent_runs() if r["run_id"] not in before]
-    ended = {r["run_id"] for r in runs if r["event"] == "end"}
-    running = [r for r in runs if r["event"] == "start" and r["run_id"] not in ended]
-    return running[-1] if ended and running else None
+def stop_point(cycle: int) -> str:
+    """Where the daemon of ``cycle`` stops, counted from its start (one slot, so in order).
+
+    Even cycles: at the second attempt record (the first feature has ended and been
+    recorded, the next one's runner started). Odd cycles, which follow an even one
+    and so begin with recovery's ``interrupted`` mark (write 1), then the rerun's
+    attempt (2) and outcome (3), the next attempt (4): inside write 3 or 4 of the
+    batch's ``state.json``, a torn outcome and a torn attempt record in turn. Each
+    cycle records at most one completed feature, so the features never run out
+    before the point is reached.
+    """
+    if cycle % 2 == 0:
+        return "after_attempt_record@2"
+    return f"inside_state_write@{3 + (cycle // 2) % 2}"
+
+
+def hit_file(gate: Path) -> Path | None:
+    """The ``.hit`` file of the one failpoint armed in ``gate``, once the daemon is there."""
+    return next(gate.glob("*.hit"), None)
+
+
+def ended_since(d: Daemon, before: frozenset[str]) -> set[str]:
+    """Run ids of the runners started since ``before`` (the run ids seen then) that ended."""
+    return {
+        r["run_id"] for r in d.agent_runs() if r["run_id"] not in before and r["event"] == "end"
+    }
 
 
 def open_temp_files(pid: int, state_dir: Path) -> list[str]:
@@ -91,28 +115,6 @@ def open_temp_files(pid: int, state_dir: Path) -> list[str]:
             if target.startswith(f"{state_dir}/") and target.endswith(".tmp"):
                 found.append(target)
     return found
-
-
-def kill_inside_a_write(pid: int, state_dir: Path, timeout: float = 60) -> str:
-    """Freeze ``pid`` at random instants until it is inside a state write; SIGKILL it there.
-
-    Returns the temp file it held open. SIGSTOP is asynchronous: the state must
-    read ``T`` before the open files are looked at.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        os.kill(pid, signal.SIGSTOP)
-        while (state := stat_fields(pid)[:1]) == [b"R"] or state == [b"S"] or state == [b"D"]:
-            pass
-        if state != [b"T"]:
-            raise AssertionError(f"batchd (pid {pid}) is gone (state {state}) before the kill")
-        temps = open_temp_files(pid, state_dir)
-        if temps:
-            os.kill(pid, signal.SIGKILL)
-            return temps[0]
-        os.kill(pid, signal.SIGCONT)
-        time.sleep(0.0005)
-    raise AssertionError(f"batchd never held a temp file of {state_dir} open in {timeout}s")
 
 
 def stop_namespace(d: Daemon) -> None:
@@ -147,22 +149,32 @@ def test_sigkill_of_pid1_ten_times_repeats_no_completed_feature(
     """Ten container stops, mid-feature and mid-write: every feature completes, none twice."""
     d = Daemon(tmp_path / "d", anyio_backend)
     kills: list[float] = []
-    torn: list[str] = []
+    torn: list[Path] = []
     try:
         for cycle in range(CYCLES):
             before = frozenset(r["run_id"] for r in d.agent_runs())
-            pid1 = start_as_pid1(d)
+            gate = tmp_path / f"gate{cycle}"
+            gate.mkdir()
+            env = {
+                "BATCHD_FAILPOINTS": f"{stop_point(cycle)}:pause",
+                "BATCHD_FAILPOINT_DIR": str(gate),
+            }
+            pid1 = start_as_pid1(d, env)
             if cycle == 0:
                 d.drop("c.txt", [f"f{i} sleep=0.3" for i in range(FEATURES)])
-            d.wait_for(partial(new_running_run, d, before), what="progress, then a runner")
+            hit = d.wait_for(partial(hit_file, gate), 60, f"batchd at {stop_point(cycle)}")
+            assert ended_since(d, before), f"cycle {cycle}: no runner ended before {hit.name}"
             if cycle % 2:
-                torn.append(kill_inside_a_write(pid1, d.state))
-            else:
-                os.kill(pid1, signal.SIGKILL)  # the whole namespace dies with it
+                (temp,) = open_temp_files(pid1, d.state)
+                assert Path(temp).name.startswith(".state.json."), temp
+                torn.append(Path(temp))
+            os.kill(pid1, signal.SIGKILL)  # from outside; the whole namespace dies with it
             kills.append(time.time())
             assert d.proc is not None
             d.proc.wait(30)
-        start_as_pid1(d)
+            if cycle % 2:
+                assert torn[-1].exists(), f"the killed write left no temp file {torn[-1]}"
+        start_as_pid1(d, {})
         (state,) = d.wait_finished(1, timeout=120)
         status = d.status()
     finally:

@@ -188,13 +188,16 @@ def test_kill9_during_backoff_keeps_next_attempt_at(make_daemon: MakeDaemon) -> 
     cfg = '[retry]\nbackoff_initial = 3\njitter = "none"\n'
     d = make_daemon(config=cfg, env=ON)
     d.start()
-    d.drop("w.txt", ["flaky fail_until=2"])
+    go = d.root / "go"  # the first attempt fails only once the queue is paused
+    d.drop("w.txt", [f"flaky fail_until=2 wait={go}"])
+    d.wait_for(lambda: d.status()["running"], what="the first attempt")
+    # Paused (a queue pause survives the restart, it leaves the wait alone) before the wait
+    # begins, the retry cannot start while we look, however slow the machine.
+    d.ok("pause")
+    go.touch()
     st = d.wait_for(lambda: (s := d.status())["next_retry_at"] and s, what="a retry wait")
     at = st["next_retry_at"]
     assert st["batches"][0]["next_attempt_at"] == at
-    # Paused (a queue pause survives the restart, it leaves the wait alone), the retry
-    # cannot start while we look, however slow the restart.
-    d.ok("pause")
     d.kill9()
     d.start()
     assert d.status()["batches"][0]["next_attempt_at"] == at

@@ -7,6 +7,7 @@ printed, where the cluster cannot run (not root, no slurm-wlm); CI runs them.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,26 +191,24 @@ def test_a_transient_failure_is_classified_from_the_job_log_and_retried(
 def test_timeout_and_cancel_remove_the_job(
     slurm: Callable[..., Daemon], slurm_cluster: Cluster
 ) -> None:
-    """A job past runner.timeout is cancelled and recorded timed_out; cancelling a batch
-    removes its running job from the cluster."""
-    d = slurm(slots=2)
-    text = d.config_path.read_text().replace("timeout = 60", "timeout = 3")
-    d.config_path.write_text(text)
+    """Cancelling a batch removes its running job from the cluster; a job past
+    runner.timeout is cancelled and recorded timed_out."""
+    d = slurm()
     d.start()
-    a, b = d.root / "a", d.root / "b"
-    a.mkdir()
-    b.mkdir()
-    d.drop("slow.txt", [f"# batchd: cwd = {a}", "slow sleep=120"])
-    d.drop("cancel.txt", [f"# batchd: cwd = {b}", "doomed sleep=120"])
-    # Only the doomed job is waited for: the slow one may time out (3 s) at any moment.
+    # First the cancel, under the 60 s timeout: its job cannot time out before the test acts.
+    d.drop("cancel.txt", ["doomed sleep=120"])
     [doomed] = d.wait_for(
-        lambda: [x for x in d.status()["running"] if x["name"] == "cancel.txt" and x["job_id"]],
-        what="the doomed job",
+        lambda: [x for x in d.status()["running"] if x["job_id"]], what="the doomed job"
     )
     d.ok("cancel", batch_id=doomed["batch_id"])
     assert doomed["job_id"] not in jobs(slurm_cluster)
-    states = d.wait_finished(2, timeout=60)
-    slow = next(s for s in states if s["features_file"] == "slow.txt")
+    assert d.stop() == 0
+    text = d.config_path.read_text().replace("timeout = 60", "timeout = 3")
+    d.config_path.write_text(text)
+    d.start()
+    d.drop("slow.txt", ["slow sleep=120"])
+    cancelled, slow = d.wait_finished(2, timeout=60)
+    assert (cancelled["status"], slow["features_file"]) == ("cancelled", "slow.txt")
     attempt = slow["processing_history"][0]
     assert attempt["outcome"] == "timed_out"
     d.wait_for(lambda: attempt["job_id"] not in jobs(slurm_cluster), what="timed-out job gone")
@@ -226,6 +225,25 @@ def test_a_bad_partition_pauses_the_queue_naming_sbatch(slurm: Callable[..., Dae
     assert "slurm.sbatch_args" in st["pause_reason"]
     [state] = d.batch_states()
     assert state["processing_history"] == [] and starts(d) == []
+
+
+def test_a_submit_failed_pause_is_lifted_at_start(slurm: Callable[..., Daemon]) -> None:
+    """After sbatch refused the job and the partition is fixed, a restart alone (no reload,
+    no resume) lifts the submit_failed pause, on disk too, and the batch runs."""
+    d = slurm(config='sbatch_args = ["--partition=nosuchpartition"]\n')
+    d.start()
+    d.drop("p.txt", ["fixed later"])
+    d.wait_for(lambda: d.status()["queue_paused"], what="queue paused")
+    d.stop()
+    fixed = d.config_path.read_text().replace('["--partition=nosuchpartition"]', "[]")
+    d.config_path.write_text(fixed)
+    d.start()
+    st = d.status()
+    assert (st["queue_paused"], st["pause_reason"]) == (False, None)
+    saved = json.loads((d.state / "daemon.json").read_bytes())
+    assert (saved["queue_paused"], saved["pause_reason"]) == (False, None)
+    [state] = d.wait_finished(1, timeout=60)
+    assert state["status"] == "completed"
 
 
 def test_status_show_and_watch_carry_the_job(slurm: Callable[..., Daemon], tmp_path: Path) -> None:

@@ -138,9 +138,7 @@ def test_real_socket_activation_answers_first_client(
     )
     err.close()
     try:
-        deadline = time.monotonic() + 10
-        while not sock_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        d.wait_for(sock_path.exists, what="systemd-socket-activate listening")
         d.socket = sock_path
         reply = d.request("status", timeout=30)
         assert reply["ok"] and reply["result"]["daemon"]["backend"] == d.backend

@@ -262,8 +262,9 @@ def test_manager_leaves_no_process_behind(tmp_path: Path) -> None:
     """The fixture's teardown: after exit, nothing the manager started is left running."""
     with user_manager(tmp_path) as manager:
         service = start_service(manager)
-        service.drop("g.txt", ["orphan grandchild=60 sleep=60"])
-        service.wait_for(lambda: service.starts(0), what="the feature's start")
+        ready = tmp_path / "ready"  # touched by the agent once its grandchild is started
+        service.drop("g.txt", [f"orphan grandchild=60 touch={ready} sleep=60"])
+        service.wait_for(ready.exists, what="the agent and its grandchild started")
         started = manager.pids()
         assert len(started) >= 4  # manager, batchd, the agent, its grandchild
     assert manager.strays == [] and not any(alive(p) for p in started)
