@@ -22,7 +22,7 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from batchd import __version__, queue, shapes, views, wording
+from batchd import __version__, limitwait, queue, shapes, views, wording
 from batchd.batch import Batch
 from batchd.errors import BadArgs, BadState, NotDurable, UnknownBatch
 from batchd.model import FINISHED, AuditEvent, parse_iso, utc_iso
@@ -60,6 +60,8 @@ class Control(views.Reader, Protocol):
     def poke_spool(self) -> None: ...
 
     def reload(self) -> str | None: ...
+
+    def end_limit_wait(self, profile: str) -> None: ...
 
 
 def resolve(engine: Control, ref: shapes.BatchRef | None) -> Batch:
@@ -264,6 +266,24 @@ async def reload(engine: Control, _: shapes.NoArgs) -> shapes.Reloaded:
     if error is not None:
         raise BadArgs(error)
     return {"config": str(engine.cfg.paths.config), "slots": engine.cfg.queue.slots}
+
+
+async def limit(engine: Control, a: shapes.LimitArgs) -> shapes.Limits:
+    """The usage-limit waits; with ``clear``, end them now (one profile, or all): the next
+    feature of each is its probe."""
+    cleared: list[str] = []
+    if a.get("clear", False):
+        profile = a.get("runner")
+        waits = engine.live.queue.limit_waits
+        if profile is not None and profile not in waits:
+            known = ", ".join(sorted(waits)) or "none waits"
+            raise BadArgs(f"runner profile {profile!r} is not waiting ({known})")
+        for name in limitwait.clear(waits, profile):
+            engine.end_limit_wait(name)
+            cleared.append(name)
+        if cleared:
+            log.info("usage-limit wait ended by the user: %s", ", ".join(cleared))
+    return {"limit_waits": views.limit_waits(engine), "cleared": cleared}
 
 
 # --- logs ----------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from batchd import feature, launch, limitwait, queue, schedule, wording
+from batchd import feature, launch, limitwait, queue, schedule, waiting, wording
 from batchd.batch import Batch
-from batchd.checkconfig import daemon_user
+from batchd.checkconfig import daemon_user, start_warnings
 from batchd.clock import Clock, SystemClock
 from batchd.config import Config
 from batchd.dotenv import DotenvConsent
@@ -121,6 +121,16 @@ class Engine:
         self._rules = Rules.make(cfg, self.env, self._user)
         self._cwd_keys.clear()
         self.check_batches()
+        self.check_runners()
+
+    def check_runners(self) -> None:
+        """Say at start (and after a reload) what check-config would warn about: a runner
+        program that cannot be found is a ``runner`` problem in ``status`` and the log,
+        not a silent "ready" (its batches would pause at their first feature)."""
+        warnings = start_warnings(self.cfg, self.env)
+        for warning in warnings:
+            log.warning("%s", warning)
+        self.live.set_problem("runner", "; ".join(warnings) if warnings else None)
 
     def check_batches(self) -> None:
         """Pause what the configuration no longer allows: a batch over its cost cap, a
@@ -369,6 +379,10 @@ class Engine:
             BATCHD_BATCH_ID=batch.batch_id,
         )
         await self._hook("on_limit", batch, {"batch_id": batch.batch_id}, env)
+
+    def end_limit_wait(self, profile: str) -> None:
+        """``batchctl limit --clear``: the wait ends now, audited as cleared."""
+        waiting.end(self, profile, limitwait.END_CLEARED)
 
     def announce_done(self, batch: Batch) -> None:
         """A command ended a batch: its on_batch_done hook runs from the loop, so the

@@ -39,6 +39,7 @@ COMMANDS = (
     "consent",
     "prune",
     "reload",
+    "limit",
 )
 
 # Error codes a reply may carry.

@@ -103,6 +103,7 @@ COMMAND_TABLE: dict[str, Command] = {
     "consent": Command(shapes.ConsentArgs, commands.consent),
     "prune": Command(shapes.PruneArgs, commands.prune),
     "reload": Command(shapes.NoArgs, commands.reload),
+    "limit": Command(shapes.LimitArgs, commands.limit),
 }
 assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"
 

@@ -61,6 +61,11 @@ class PruneArgs(TypedDict):
     dry_run: NotRequired[bool]
 
 
+class LimitArgs(TypedDict):
+    clear: NotRequired[bool]
+    runner: NotRequired[str | None]  # a profile; None with clear: every profile
+
+
 # --- replies ----------------------------------------------------------------------------
 
 
@@ -240,6 +245,11 @@ class Pruned(TypedDict):
 class Reloaded(TypedDict):
     config: str
     slots: int
+
+
+class Limits(TypedDict):
+    limit_waits: list[LimitWaitItem]  # what still waits (after a clear: what is left)
+    cleared: list[str]  # the profiles whose wait this command ended
 
 
 # --- stream events (watch, logs --follow) ------------------------------------------------

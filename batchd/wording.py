@@ -28,6 +28,12 @@ def status_line(live: Live, slots: int, queue_pause_reason: str | None) -> str:
         return f"{n} running ({slots} slots): " + "; ".join(parts)
     if queue_pause_reason:
         return f"queue paused: {queue_pause_reason}"
+    waits = live.queue.limit_waits
+    if waits:
+        return "; ".join(
+            f"waiting for {profile}'s usage limit until {wait.until}"
+            for profile, wait in sorted(waits.items())
+        )
     waiting = [b for b in live.batches.values() if b.retry.next_attempt_at and not b.finished]
     if waiting:
         b = min(waiting, key=lambda b: b.retry.next_attempt_at or "")
