@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from batchd import systemd
+from batchd import unitfile
 from batchd.config import FileConfig
-from batchd.systemd import install_service, render_unit
+from batchd.service_install import install_service
+from batchd.unitfile import render_unit
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("batchd.service", "batchd.socket")
@@ -288,12 +289,12 @@ def test_default_exec_start_is_this_installation(
     link.symlink_to(exe)
     monkeypatch.setattr(sys, "argv", [str(link), "install-service"])
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert systemd.default_exec_start() == str(exe)
+    assert unitfile.default_exec_start() == str(exe)
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "pytest")])
     monkeypatch.setenv("PATH", str(link.parent))
-    assert systemd.default_exec_start() == str(exe)
+    assert unitfile.default_exec_start() == str(exe)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert systemd.default_exec_start() == f"{os.path.abspath(sys.executable)} -m batchd"
+    assert unitfile.default_exec_start() == f"{os.path.abspath(sys.executable)} -m batchd"
 
 
 def test_unusable_paths_are_refused_cleanly(tmp_path: Path, home: Path, exe: Path) -> None:
@@ -336,9 +337,9 @@ def test_every_directive_is_explained(name: str) -> None:
 def test_template_placeholders_are_only_where_they_belong() -> None:
     """Each placeholder appears once, on its directive: ExecStart=, ExecReload=, ListenStream=."""
     for name, directive, placeholder in (
-        ("batchd.service", "ExecStart=", systemd.EXEC_PLACEHOLDER),
-        ("batchd.service", "ExecReload=", systemd.RELOAD_PLACEHOLDER),
-        ("batchd.socket", "ListenStream=", systemd.LISTEN_PLACEHOLDER),
+        ("batchd.service", "ExecStart=", unitfile.EXEC_PLACEHOLDER),
+        ("batchd.service", "ExecReload=", unitfile.RELOAD_PLACEHOLDER),
+        ("batchd.socket", "ListenStream=", unitfile.LISTEN_PLACEHOLDER),
     ):
         template = (REPO / "batchd" / "units" / name).read_text().splitlines()
         [line] = [line for line in template if placeholder in line]
