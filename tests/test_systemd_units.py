@@ -17,6 +17,7 @@ import pytest
 
 from batchd import unitfile
 from batchd.config import FileConfig
+from batchd.exitcodes import EX_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_RESTART
 from batchd.service_install import install_service
 from batchd.unitfile import render_unit
 
@@ -103,11 +104,22 @@ def analyze_verify(tmp_path: Path, *units: Path) -> subprocess.CompletedProcess[
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+def unit_lines(text: str) -> list[str]:
+    """The lines of a unit as systemd reads them: a trailing backslash joins the next line."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        if lines and lines[-1].endswith("\\") and not lines[-1].startswith("#"):
+            lines[-1] = lines[-1][:-1] + " " + line
+        else:
+            lines.append(line)
+    return lines
+
+
 def directives(text: str) -> dict[str, str]:
     """Key=value lines of a unit (the last one wins), comments and sections left out."""
     pairs = (
         line.split("=", 1)
-        for line in text.splitlines()
+        for line in unit_lines(text)
         if line and not line.startswith(("#", "[")) and "=" in line
     )
     return {k: v for k, v in pairs}
@@ -328,7 +340,7 @@ def test_repo_units_are_the_rendered_templates(name: str) -> None:
 @pytest.mark.parametrize("name", UNITS)
 def test_every_directive_is_explained(name: str) -> None:
     """Each directive in the templates has a comment line right above it."""
-    lines = render_unit(name, "/x/batchd").splitlines()
+    lines = unit_lines(render_unit(name, "/x/batchd"))
     for before, line in itertools.pairwise(lines):
         if line and not line.startswith(("#", "[")):
             assert before.startswith("#"), line
@@ -350,7 +362,7 @@ def test_template_placeholders_are_only_where_they_belong() -> None:
 
 
 def test_service_unit_has_what_the_spec_asks() -> None:
-    """Type=notify, restart policy, KillMode=mixed, stop timeout > kill_grace, hardening."""
+    """Type=notify, restart policy, KillMode=process, stop timeout > kill_grace, hardening."""
     text = render_unit("batchd.service", "/x/batchd")
     d = directives(text)
     expected = {
@@ -361,18 +373,32 @@ def test_service_unit_has_what_the_spec_asks() -> None:
         "Restart": "on-failure",
         "RestartSec": "5",
         "RestartPreventExitStatus": "78",
-        "KillMode": "mixed",
+        "RestartForceExitStatus": "75",
+        "SuccessExitStatus": "75",
+        "KillMode": "process",
         "WatchdogSec": "60",
         "EnvironmentFile": "-%h/.config/batchd/environment",
         "NoNewPrivileges": "yes",
         "WantedBy": "default.target",
     }
     assert {k: d.get(k) for k in expected} == expected
+    assert d["ExecStopPost"].startswith("-/bin/sh -c 'case ")
     assert float(d["TimeoutStopSec"]) > FileConfig().runner.kill_grace
     # Nothing that needs namespaces a plain user manager lacks, or that locks the runner out.
     for absent in ("ProtectHome", "ProtectSystem", "PrivateTmp", "MemoryDenyWriteExecute"):
         assert absent not in d, absent
         assert f"{absent}=" in text  # ...but the comment says why
+
+
+def test_the_unit_acts_on_batchd_s_exit_statuses() -> None:
+    """The unit's numbers are batchd.exitcodes': no restart on 78, restart and no sweep on 75,
+    the stop sweep after a clean stop (0) or a stop timeout only."""
+    d = directives(render_unit("batchd.service", "/x/batchd"))
+    assert d["RestartPreventExitStatus"] == str(EX_CONFIG)
+    assert d["RestartForceExitStatus"] == d["SuccessExitStatus"] == str(EXIT_RESTART)
+    sweep_when = d["ExecStopPost"].split(" in ", 1)[1].split(")", 1)[0]
+    assert sweep_when == f"success/{EXIT_OK}|timeout/*"
+    assert EXIT_RESTART not in (EXIT_OK, EXIT_FATAL, 2, EX_CONFIG) and EXIT_RESTART < 200
 
 
 def test_socket_unit_has_what_the_spec_asks(
