@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from batchd.durable import StoreError, write_durable
-from batchd.paths import ConfigError
+from batchd.paths import ConfigError, default_config_path, read_toml
 from batchd.unitfile import (
     DEFAULT_LISTEN,
     UNIT_NAMES,
@@ -69,12 +69,7 @@ def install_service(
     if changed and not force:
         for name in changed:
             _show_difference(target / name, current[name] or "", wanted[name], out)
-        again = "batchd install-service" + (" --socket-activation" if socket_activation else "")
-        print(
-            "Keep your changes (better: put them in a drop-in with `systemctl --user edit "
-            f"batchd`), or overwrite with `{again} --force`.",
-            file=out,
-        )
+        _print_force_hint(socket_activation, out)
         return 1
     try:
         wrote = _write_units(target, wanted, current, out)
@@ -130,6 +125,15 @@ def _show_difference(path: Path, installed: str, wanted: str, out: TextIO) -> No
         print(f"  ... ({len(diff) - _DIFF_LINES} more diff lines)", file=out)
 
 
+def _print_force_hint(socket_activation: bool, out: TextIO) -> None:
+    again = "batchd install-service" + (" --socket-activation" if socket_activation else "")
+    print(
+        "Keep your changes (better: put them in a drop-in with `systemctl --user edit "
+        f"batchd`), or overwrite with `{again} --force`.",
+        file=out,
+    )
+
+
 def _write_units(
     target: Path, wanted: dict[str, str], current: dict[str, str | None], out: TextIO
 ) -> bool:
@@ -150,8 +154,6 @@ def _write_units(
 def _configured_listen(config: str | None) -> str:
     """``ListenStream=`` for the ``socket`` the config file names, else batchd's default.
     Only the file counts: the service does not see this shell's ``BATCHD_SOCKET``."""
-    from batchd.paths import default_config_path, read_toml
-
     path = Path(os.path.abspath(config)) if config else default_config_path({})
     value = read_toml(path, required=config is not None).get("socket")
     if value is None:
