@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     command = args.command or "run"
     if command == "install-service":
-        from batchd.systemd import install_service
+        from batchd.service_install import install_service
 
         sys.exit(
             install_service(
@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"runner     {cfg.runner.command}")
         sys.exit(0)
 
-    from batchd import daemon, systemd
+    from batchd import daemon
+    from batchd.logformat import setup_logging
 
-    systemd.setup_logging(getattr(logging, args.log_level.upper()))
+    setup_logging(getattr(logging, args.log_level.upper()))
     sys.exit(daemon.run(cfg, args.backend, load))
 
 

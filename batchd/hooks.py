@@ -28,6 +28,8 @@ PLACEHOLDERS = template.PLACEHOLDERS
 
 
 class Hooks:
+    """The hooks running now, so that a daemon stop can end them all."""
+
     def __init__(self) -> None:
         self._running: set[Process] = set()
         self._stopping = False
@@ -52,34 +54,23 @@ class Hooks:
         """Run hook ``name``; None when it succeeded (or there is none), else why it failed."""
         if not argv:
             return None
-        filled = {k: values.get(k, "") for k in PLACEHOLDERS}
-        rendered = template.render(argv, filled)
-        if not os.path.isdir(cwd):
-            cwd = os.path.expanduser("~")
+        rendered = template.render(argv, {k: values.get(k, "") for k in PLACEHOLDERS})
         what = f"hook {name} ({sanitize(shlex.join(rendered), 300)})"
+        launch = Launch(
+            argv=rendered,
+            env=env,
+            cwd=cwd if os.path.isdir(cwd) else os.path.expanduser("~"),
+            log_path=None,
+            timeout=timeout,
+            kill_grace=kill_grace,
+            tail_caps=(4096, 4096),
+            what=f"hook {name}",
+        )
         try:
-            proc = spawn(
-                Launch(
-                    argv=rendered,
-                    env=env,
-                    cwd=cwd,
-                    log_path=None,
-                    timeout=timeout,
-                    kill_grace=kill_grace,
-                    tail_caps=(4096, 4096),
-                    what=f"hook {name}",
-                )
-            )
+            raw = await self._run_to_end(launch)
         except SpawnError as e:
             log.error("%s: %s", what, e.message)
             return e.message
-        self._running.add(proc)
-        if self._stopping:
-            proc.stop("daemon stopping")
-        try:
-            raw = await proc.wait()
-        finally:
-            self._running.discard(proc)
         if raw.interrupted:
             log.warning("%s: stopped because the daemon is stopping", what)
             return "stopped because the daemon is stopping"
@@ -89,6 +80,17 @@ class Hooks:
         message = _failure(raw, timeout)
         log.error("%s failed: %s", what, message)
         return message
+
+    async def _run_to_end(self, launch: Launch) -> RawResult:
+        """Start the hook and wait for its end; ``stop_all`` ends it (even one starting now)."""
+        proc = spawn(launch)
+        self._running.add(proc)
+        if self._stopping:
+            proc.stop("daemon stopping")
+        try:
+            return await proc.wait()
+        finally:
+            self._running.discard(proc)
 
 
 def _failure(raw: RawResult, timeout: float) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-_STATE, _PPID, _PGRP, _UTIME, _STIME, _START = 0, 1, 2, 11, 12, 19  # after the comm field
+_STATE, _PGRP, _START = 0, 2, 19  # indices after the comm field (fields 3, 5, 22 of proc(5))
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -26,12 +26,6 @@ def start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
     fields = stat_fields(pid)
     return int(fields[_START]) if fields and len(fields) > _START else None
-
-
-def cpu_ticks(pid: int) -> int | None:
-    """User plus system CPU time of ``pid`` in clock ticks, or None if gone."""
-    fields = stat_fields(pid)
-    return int(fields[_UTIME]) + int(fields[_STIME]) if fields and len(fields) > _STIME else None
 
 
 def is_alive(pid: int, started: int | None = None) -> bool:

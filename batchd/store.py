@@ -1,10 +1,15 @@
-"""Durable state on disk (SPEC section 4): layout, atomic writes, lock, quarantine.
+"""The state directory of one daemon (SPEC section 4): layout, lock, load, quarantine.
 
-Every write goes through ``write_durable``: a temp file in the same directory
-(``O_EXCL|O_NOFOLLOW``, 0600), fsync, ``os.replace``, fsync of the directory.
-A failed write leaves the previous file intact and raises ``OSError`` to the
-caller, which reports it and retries. Nothing here follows a symlink: a link
-where a state file or directory should be is an error.
+Owns the names and places of the state files (``daemon.json``,
+``user_state.json``, ``batches/<id>/state.json`` ...), the single-instance
+lock, reading every batch back (an unreadable file is quarantined and
+reported, never fatal) and the audit log's append. Every write goes through
+``batchd.durable.write_durable``; nothing here follows a symlink: a link where
+a state file or directory should be is an error. It decides nothing about
+batches: what to write is the caller's.
+
+The durable-file primitives that callers import from ``batchd.store``
+(``write_durable``, ``ensure_dir``, ``StoreError`` ...) are re-exported here.
 
 The calls are synchronous on purpose: one write costs well under a millisecond,
 less than a hop to a worker thread, and the engine writes from one task.
@@ -12,9 +17,7 @@ less than a hop to a worker thread, and the engine writes from one task.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -27,26 +30,45 @@ from typing import TypeVar
 import msgspec
 
 from batchd import failpoints
+from batchd.durable import (
+    LockHeld,
+    StoreError,
+    ensure_dir,
+    fsync_dir,
+    read_nofollow,
+    remove_temp_files,
+    take_lock,
+    write_durable,
+)
 from batchd.model import AuditEvent, BatchState, DaemonState, RetryState, UserState
 from batchd.protocol import is_batch_id
 from batchd.stateenc import StateEncoder
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+__all__ = [
+    "AUDIT",
+    "RETRY",
+    "SOURCE",
+    "STATE",
+    "LockHeld",
+    "Problem",
+    "Store",
+    "StoreError",
+    "decode_file",
+    "encode",
+    "ensure_dir",
+    "fsync_dir",
+    "read_nofollow",
+    "take_lock",
+    "write_durable",
+]
 
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
-TEMP_SUFFIX = ".tmp"
 
 STATE = "state.json"
 RETRY = "retry_state.json"
 AUDIT = "retry_audit.jsonl"
 SOURCE = "source"
-
-
-class StoreError(Exception):
-    """The state directory cannot be used (a symlink, wrong owner, another daemon)."""
 
 
 @dataclass
@@ -56,168 +78,6 @@ class Problem:
     kind: str
     message: str
     batch_id: str | None = None
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {"kind": self.kind, "message": self.message, "batch_id": self.batch_id}
-
-
-# --- primitives ----------------------------------------------------------------
-
-
-def ensure_dir(path: Path) -> None:
-    """Create ``path`` (and parents) 0700; refuse a symlink or a non-directory."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-        st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise StoreError(f"{path} is a symlink; batchd never follows links in its state")
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"{path} exists and is not a directory")
-    if st.st_mode & stat.S_ISVTX or st.st_uid != os.getuid():
-        # A shared directory such as /tmp: never ours to chmod, never private enough.
-        raise StoreError(
-            f"{path} is a shared directory (sticky or owned by uid {st.st_uid}); "
-            "batchd keeps its files in a private (0700) directory: choose a path inside one"
-        )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-
-
-def fsync_dir(path: Path) -> None:
-    dfd = os.open(path, _O_DIR)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def temp_name(name: str) -> str:
-    """A temp file name for one write of ``name``: unique per write, not only per pid.
-
-    In a container every start of the daemon may get the same pid, so a name
-    keyed on the pid alone collides (``EEXIST``) with what a killed start left.
-    """
-    return f".{name}.{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}"
-
-
-def is_temp_name(name: str) -> bool:
-    """A temp file of ``write_durable``, this version's or 0.1.0's (``.<name>.<pid>.tmp``)."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
-
-
-def remove_temp_files(directory: Path) -> int:
-    """Remove the temp files a killed writer left in ``directory``; how many were removed.
-
-    Only for directories that nobody else writes into while we hold the lock
-    (the state dir and its batch dirs). Never follows a link: ``unlink`` removes
-    a symlink itself.
-    """
-    removed = 0
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return 0
-    with entries:
-        for entry in entries:
-            if is_temp_name(entry.name) and not entry.is_dir(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed
-
-
-class LockHeld(Exception):
-    """``take_lock``: another process holds the lock; ``content`` is what it wrote there."""
-
-    def __init__(self, content: bytes) -> None:
-        super().__init__("the lock is held")
-        self.content = content
-
-
-def take_lock(path: Path, owner: str) -> int:
-    """Take an ``flock`` on ``path`` (0600, created if missing, never through a link)
-    without waiting, and write ``owner`` into it; the lock lasts while the returned fd
-    is open (a kill leaves a file that the next ``flock`` simply takes).
-
-    Raises ``LockHeld`` when another process holds it, ``StoreError`` when the file
-    cannot be opened.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise StoreError(f"{path} is a symlink; remove it") from None
-        raise StoreError(f"cannot open the lock file {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        content = os.pread(fd, 4096, 0)
-        os.close(fd)
-        raise LockHeld(content) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, owner.encode(), 0)
-    return fd
-
-
-def write_durable(directory: Path, name: str, data: bytes) -> None:
-    """Atomically and durably replace ``directory/name`` with ``data`` (mode 0600)."""
-    failpoints.check_write()
-    dfd = os.open(directory, _O_DIR)
-    try:
-        try:
-            st = os.lstat(name, dir_fd=dfd)
-        except FileNotFoundError:
-            pass
-        else:
-            if stat.S_ISLNK(st.st_mode):
-                raise StoreError(f"{directory / name} is a symlink; refusing to write through it")
-        tmp = temp_name(name)
-        fd = os.open(tmp, _O_TMP, 0o600, dir_fd=dfd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            failpoints.hit("inside_state_write")
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def read_nofollow(path: Path, limit: int = 256 * 1024 * 1024) -> bytes:
-    """Read a regular file without following a symlink or blocking on a FIFO."""
-    fd = os.open(path, _O_READ)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"{path} is not a regular file")
-        chunks = []
-        left = limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def encode(obj: object) -> bytes:

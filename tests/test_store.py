@@ -1,4 +1,4 @@
-"""The durable store: atomic writes, symlinks refused, quarantine, full disks, the lock."""
+"""The state directory: batches written and read back, symlinks refused, quarantine, full disks, the lock."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import msgspec
 import pytest
 
 from batchd import failpoints
+from batchd.durable import StoreError, temp_name
 from batchd.model import BatchState, RetryState, utc_iso
-from batchd.store import Store, StoreError, ensure_dir, is_temp_name, temp_name, write_durable
+from batchd.store import Store
 
 
 def make_state(batch_id: str = "batch-20261124-050653-123456", n: int = 3) -> BatchState:
@@ -58,47 +59,6 @@ def test_round_trip_and_modes(store: Store) -> None:
     assert not [p for p in bdir.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_crash_between_temp_write_and_rename_leaves_old_file(tmp_path: Path) -> None:
-    """A process killed after writing the temp file but before the rename leaves the old file."""
-    d = tmp_path / "d"
-    d.mkdir(mode=0o700)
-    write_durable(d, "state.json", b'{"old": true}')
-    code = (
-        "import os, signal\n"
-        "from pathlib import Path\n"
-        "import batchd.store as s\n"
-        "real = os.replace\n"
-        "def die(*a, **k):\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "s.os.replace = die\n"
-        f"s.write_durable(Path({str(d)!r}), 'state.json', b'new')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
-    assert proc.returncode == -9
-    assert json.loads((d / "state.json").read_bytes()) == {"old": True}
-    # The next write succeeds despite the leftover temp file of the dead process.
-    write_durable(d, "state.json", b'{"new": true}')
-    assert json.loads((d / "state.json").read_bytes()) == {"new": True}
-
-
-def test_a_leftover_temp_file_of_the_same_pid_does_not_block_writes(tmp_path: Path) -> None:
-    """Regression: in a PID namespace every start gets the same pid, and 0.1.0's temp name
-    ``.<name>.<pid>.tmp`` left by a killed start made every later write fail with EEXIST."""
-    d = tmp_path / "d"
-    d.mkdir(mode=0o700)
-    (d / f".state.json.{os.getpid()}.tmp").write_bytes(b"half")
-    (d / temp_name("state.json")).write_bytes(b"half")
-    for i in range(3):
-        write_durable(d, "state.json", f'{{"n": {i}}}'.encode())
-    assert json.loads((d / "state.json").read_bytes()) == {"n": 2}
-
-
-def test_temp_names_are_unique_per_write() -> None:
-    """Two writes of one file by one process never share a temp name."""
-    names = {temp_name("state.json") for _ in range(1000)}
-    assert len(names) == 1000 and all(is_temp_name(n) for n in names)
-
-
 def test_open_and_load_remove_temp_files_left_by_a_kill(tmp_path: Path) -> None:
     """Temp files a killed daemon left (both name formats) go at start; nothing else does."""
     first = Store(tmp_path / "state")
@@ -138,20 +98,6 @@ def test_symlink_in_place_of_state_file_is_refused(store: Store, tmp_path: Path)
     found, problems = store.load_batches()
     assert found == [] and problems[0].kind == "corrupt_state"
     assert target.read_text() == "precious"
-
-
-def test_symlinked_directories_are_refused(tmp_path: Path) -> None:
-    """A state dir that is a symlink is refused, as is a shared sticky directory."""
-    real = tmp_path / "real"
-    real.mkdir()
-    os.symlink(real, tmp_path / "link")
-    with pytest.raises(StoreError, match="symlink"):
-        ensure_dir(tmp_path / "link")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    with pytest.raises(StoreError, match="shared"):
-        ensure_dir(shared)
 
 
 def test_corrupt_state_is_quarantined_and_others_load(store: Store) -> None:

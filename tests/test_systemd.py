@@ -1,4 +1,4 @@
-"""systemd integration with real processes: notify order, socket activation, journald, units."""
+"""The daemon under systemd's protocols, with real processes: notify order, socket activation, child env."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from batchd.systemd import install_service, journal_stream_matches, render_unit
-from tests.harness import REPO, Daemon
+from tests.harness import Daemon
 
 MakeDaemon = Callable[..., Daemon]
 
@@ -146,133 +145,6 @@ def test_real_socket_activation_answers_first_client(
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-def run_logging(env: dict[str, str], stderr_path: Path) -> str:
-    code = (
-        "import logging\n"
-        "from batchd.systemd import setup_logging\n"
-        "setup_logging(logging.DEBUG)\n"
-        "log = logging.getLogger('batchd')\n"
-        "log.error('e'); log.warning('w'); log.info('i'); log.debug('d')\n"
-    )
-    with open(stderr_path, "wb") as f:
-        st = os.fstat(f.fileno())
-        env = {k: v.replace("SELF", f"{st.st_dev}:{st.st_ino}") for k, v in env.items()}
-        subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, **env}, stderr=f, check=True
-        )
-    return stderr_path.read_text()
-
-
-def test_journald_prefixes_only_when_stderr_is_the_journal(tmp_path: Path) -> None:
-    """<3>/<4>/<6>/<7> when JOURNAL_STREAM names stderr; timestamps otherwise."""
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-    out = run_logging({**env, "JOURNAL_STREAM": "SELF"}, tmp_path / "a")
-    assert out.splitlines() == ["<3>e", "<4>w", "<6>i", "<7>d"]
-    other = tmp_path / "other"
-    other.write_text("")
-    st = os.stat(other)
-    out = run_logging({**env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, tmp_path / "b")
-    assert not out.startswith("<") and "ERROR e" in out and "Z batchd[" in out
-    os.environ.pop("JOURNAL_STREAM", None)
-    out = run_logging(env, tmp_path / "c")
-    assert not out.startswith("<")
-    assert not journal_stream_matches({}, 2)
-
-
-def test_install_service_and_verify(tmp_path: Path) -> None:
-    """Units install with an absolute ExecStart, verify with systemd-analyze, and are not clobbered."""
-    unit_dir = tmp_path / "units"
-    exe = tmp_path / "bin" / "batchd"
-    exe.parent.mkdir()
-    for stand_in in (exe, exe.with_name("batchctl")):
-        stand_in.write_text("#!/bin/sh\nexit 0\n")
-        stand_in.chmod(0o755)
-    out = io.StringIO()
-    assert (
-        install_service(
-            socket_activation=True, force=False, unit_dir=unit_dir, batchd_path=str(exe), out=out
-        )
-        == 0
-    )
-    text = out.getvalue()
-    assert "systemctl --user daemon-reload" in text and "enable --now batchd.socket" in text
-    assert "loginctl enable-linger" in text
-    service = (unit_dir / "batchd.service").read_text()
-    assert f"ExecStart={exe} run" in service
-    for key in (
-        "Type=notify",
-        "Restart=on-failure",
-        "RestartPreventExitStatus=78",
-        "KillMode=mixed",
-        "WatchdogSec=",
-        "EnvironmentFile=-%h/.config/batchd/environment",
-        "NoNewPrivileges=yes",
-    ):
-        assert key in service, key
-    socket_unit = (unit_dir / "batchd.socket").read_text()
-    for key in ("ListenStream=%t/batchd/batchd.sock", "SocketMode=0600", "DirectoryMode=0700"):
-        assert key in socket_unit
-    if shutil.which("systemd-analyze"):
-        runtime = tmp_path / "xdg"
-        runtime.mkdir(mode=0o700)
-        proc = subprocess.run(
-            [
-                "systemd-analyze",
-                "--user",
-                "verify",
-                str(unit_dir / "batchd.service"),
-                str(unit_dir / "batchd.socket"),
-            ],
-            env={
-                **os.environ,
-                "XDG_RUNTIME_DIR": str(runtime),
-                "HOME": str(tmp_path),
-                "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
-            },
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, proc.stderr
-    # Same content again: fine. A changed unit: refused without --force.
-    assert (
-        install_service(
-            socket_activation=True,
-            force=False,
-            unit_dir=unit_dir,
-            batchd_path=str(exe),
-            out=io.StringIO(),
-        )
-        == 0
-    )
-    (unit_dir / "batchd.service").write_text(service + "\n# my edit\n")
-    out = io.StringIO()
-    assert (
-        install_service(
-            socket_activation=False, force=False, unit_dir=unit_dir, batchd_path=str(exe), out=out
-        )
-        == 1
-    )
-    assert "--force" in out.getvalue()
-    assert "# my edit" in (unit_dir / "batchd.service").read_text()
-    assert (
-        install_service(
-            socket_activation=False,
-            force=True,
-            unit_dir=unit_dir,
-            batchd_path=str(exe),
-            out=io.StringIO(),
-        )
-        == 0
-    )
-    assert "# my edit" not in (unit_dir / "batchd.service").read_text()
-
-
-def test_repo_units_are_the_rendered_templates() -> None:
-    """systemd/*.{service,socket} in the repo equal the package templates, rendered."""
-    for name in ("batchd.service", "batchd.socket"):
-        assert (REPO / "systemd" / name).read_text() == render_unit(name, "%h/.local/bin/batchd")
 
 
 def test_notify_reaches_abstract_socket(tmp_path: Path) -> None:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import agent_command
+from batchd.exitcodes import EXIT_RESTART
+from tests.harness import FAKE_AGENT, agent_command
 from tests.systemd_manager import VENV_BATCHD, Service, UserManager, skip_reason, user_manager
 
 UNIT = "batchd.service"
@@ -40,6 +42,53 @@ def start_service(manager: UserManager, config: str = "") -> Service:
     manager.systemctl("enable", "--now", UNIT)
     manager.wait_show(UNIT, ActiveState="active", SubState="running")
     return service
+
+
+# The fake agent, after leaving a process of its own behind: in a new session (out of the
+# runner's process group) and without BATCHD_RUN_ID, so that neither batchd's stop of the
+# group nor its search for orphaned runs can find it; only the unit's cgroup still holds it.
+ESCAPING_RUNNER = """#!/bin/sh
+setsid sh -c 'echo $$ >> "$ESCAPEES"; exec env -u BATCHD_RUN_ID sleep 600' \\
+  </dev/null >/dev/null 2>&1 &
+exec {python} {agent} "$@"
+"""
+
+# A stand-in for `batchctl restart` until it exists: SIGUSR2 makes the real batchd (this file
+# is its sitecustomize, through PYTHONPATH in the unit's EnvironmentFile) exit with the status
+# batchd exits with when it leaves its runners and asks to be started again.
+RESTART_EXIT = """import os, signal
+signal.signal(signal.SIGUSR2, lambda *_: os._exit({status}))
+"""
+
+
+def escaping_service(manager: UserManager) -> Service:
+    """Units installed for a batchd whose runner leaves an escapee (pids in $HOME/escapees)
+    and that exits EXIT_RESTART on SIGUSR2; started, READY reached."""
+    runner = manager.home / "escaping-runner"
+    runner.write_text(ESCAPING_RUNNER.format(python=sys.executable, agent=FAKE_AGENT))
+    runner.chmod(0o755)
+    site = manager.home / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(RESTART_EXIT.format(status=EXIT_RESTART))
+    service = Service(manager)
+    service.write_config([str(runner), "{feature}"])
+    service.write_environment(ESCAPEES=str(manager.home / "escapees"), PYTHONPATH=str(site))
+    service.install()
+    manager.systemctl("enable", "--now", UNIT)
+    manager.wait_show(UNIT, ActiveState="active", SubState="running")
+    return service
+
+
+def escapees(service: Service, count: int) -> list[int]:
+    """Wait until ``count`` escapees wrote their pid; their pids."""
+    path = service.manager.home / "escapees"
+
+    def written() -> list[int] | None:
+        pids = [int(p) for p in path.read_text().split()] if path.exists() else []
+        return pids if len(pids) >= count else None
+
+    found: list[int] = service.wait_for(written, what=f"{count} escapee pids in {path}")
+    return found
 
 
 def wait_restarted_once(manager: UserManager, old_pid: int) -> None:
@@ -93,13 +142,17 @@ def test_enable_now_is_ready_and_runs_a_batch(manager: UserManager) -> None:
 
 
 def test_kill9_of_main_pid_restarts_and_resumes(manager: UserManager) -> None:
-    """SIGKILL of the main pid: systemd restarts batchd, the cut feature reruns, nothing else twice."""
+    """SIGKILL of the main pid: systemd kills nothing else and restarts batchd; the cut feature
+    reruns (the new batchd stops the runner it finds), nothing else twice."""
     service = start_service(manager)
     first_pid = service.main_pid()
     go = manager.home / "go"  # the long feature runs until its rerun has started
     service.drop("k.txt", ["first", f"long wait={go}", "last"])
     (cut,) = service.wait_for(lambda: service.starts(1), what="the long feature's start")
     manager.systemctl("kill", "-s", "KILL", "--kill-whom=main", UNIT)
+    # Until systemd starts batchd again (RestartSec=5), the runner outlives it (KillMode=process).
+    manager.wait_show(UNIT, SubState="auto-restart")
+    assert alive(int(cut["pid"])) and int(cut["pid"]) in manager.unit_pids(UNIT)
     wait_restarted_once(manager, first_pid)
     assert manager.run_ends(UNIT) == [("signal", "killed", "KILL")]
     service.wait_for(lambda: len(service.starts(1)) == 2, what="the long feature's rerun")
@@ -112,22 +165,6 @@ def test_kill9_of_main_pid_restarts_and_resumes(manager: UserManager) -> None:
     assert cut["pid"] not in [r["pid"] for r in ends(service, 1)]
     assert not alive(int(cut["pid"])) and int(cut["pid"]) not in manager.unit_pids(UNIT)
     assert manager.unit_pids(UNIT) == [service.main_pid()]
-
-
-def test_stop_records_interrupted_and_ends_cleanly(manager: UserManager) -> None:
-    """systemctl stop during a feature: it is recorded interrupted and the unit stops with success."""
-    service = start_service(manager)
-    service.drop("s.txt", ["slow sleep=60"])
-    (run,) = service.wait_for(lambda: service.starts(0), what="the feature's start")
-    service.wait_for(lambda: history(service, 0) == [None], what="the attempt record")
-    manager.systemctl("stop", UNIT)  # returns when the unit is down (or TimeoutStopSec hit)
-    assert manager.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
-    # Not "timeout" (TimeoutStopSec passed) nor "signal": batchd itself exited 0.
-    assert manager.run_ends(UNIT) == [("success", "exited", "0")]
-    assert history(service, 0) == ["interrupted"]
-    assert [r["event"] for r in service.agent_runs() if r["pid"] == run["pid"]] == ["start", "term"]
-    assert not alive(int(run["pid"]))
-    assert manager.proc is not None and manager.pids() == [manager.proc.pid]  # the manager alone
 
 
 def test_bad_config_exits_78_and_is_not_restarted(manager: UserManager) -> None:
@@ -268,3 +305,73 @@ def test_manager_leaves_no_process_behind(tmp_path: Path) -> None:
         started = manager.pids()
         assert len(started) >= 4  # manager, batchd, the agent, its grandchild
     assert manager.strays == [] and not any(alive(p) for p in started)
+
+
+def test_stop_records_interrupted_and_ends_every_process_of_the_unit(
+    manager: UserManager,
+) -> None:
+    """systemctl stop during a feature: batchd stops its runner (recorded interrupted) and exits
+    0, and the stop sweep ends a process that left the runner's group and its marks."""
+    service = escaping_service(manager)
+    service.drop("s.txt", ["slow sleep=600"])
+    (run,) = service.wait_for(lambda: service.starts(0), what="the feature's start")
+    service.wait_for(lambda: history(service, 0) == [None], what="the attempt record")
+    [escapee] = escapees(service, 1)
+    assert {int(run["pid"]), escapee} <= set(manager.unit_pids(UNIT))
+    manager.systemctl("stop", UNIT)  # returns when the unit is down (or TimeoutStopSec hit)
+    assert manager.show(UNIT, "ActiveState")["ActiveState"] == "inactive"
+    # Not "timeout" (TimeoutStopSec passed) nor "signal": batchd itself exited 0.
+    assert manager.run_ends(UNIT) == [("success", "exited", "0")]
+    assert history(service, 0) == ["interrupted"]
+    assert [r["event"] for r in service.agent_runs() if r["pid"] == run["pid"]] == ["start", "term"]
+    assert not alive(int(run["pid"])) and not alive(escapee)
+    assert manager.proc is not None and manager.pids() == [manager.proc.pid]  # the manager alone
+
+
+def test_restart_exit_status_restarts_batchd_and_leaves_the_runners(manager: UserManager) -> None:
+    """batchd exiting EXIT_RESTART: systemd kills none of the unit's other processes, counts the
+    exit as a success, starts batchd again; a later stop still ends them all."""
+    service = escaping_service(manager)
+    first_pid = service.main_pid()
+    go = manager.home / "go"
+    service.drop("r.txt", [f"long wait={go}"])
+    (run,) = service.wait_for(lambda: service.starts(0), what="the feature's start")
+    [escapee] = escapees(service, 1)
+    manager.systemctl("kill", "-s", "USR2", "--kill-whom=main", UNIT)
+    # Between the exit and the new start (RestartSec=5): batchd is gone, its runner is not.
+    manager.wait_show(UNIT, SubState="auto-restart")
+    assert not alive(first_pid) and alive(int(run["pid"])) and alive(escapee)
+    assert manager.run_ends(UNIT) == [("success", "exited", str(EXIT_RESTART))]
+    wait_restarted_once(manager, first_pid)
+    assert alive(escapee) and escapee in manager.unit_pids(UNIT)
+    # (Until batchd re-attaches to local runs, the new batchd stops the one it finds and
+    # runs the feature again, whose runner leaves a second escapee.)
+    service.wait_for(lambda: len(service.starts(0)) == 2, what="the feature's second start")
+    second = escapees(service, 2)[1]
+    manager.systemctl("stop", UNIT)
+    assert manager.run_ends(UNIT)[-1] == ("success", "exited", "0")
+    assert not alive(escapee) and not alive(second)
+    assert manager.proc is not None and manager.pids() == [manager.proc.pid]
+
+
+def test_a_stop_before_the_restart_leaves_the_runners_to_systemctl_kill(
+    manager: UserManager,
+) -> None:
+    """A stop between a restart exit and the new start runs no sweep (the runners live on, as
+    docs/systemd.md says), and `systemctl --user kill --signal=KILL` then reaches them."""
+    service = escaping_service(manager)
+    service.drop("w.txt", ["slow sleep=600"])
+    (run,) = service.wait_for(lambda: service.starts(0), what="the feature's start")
+    [escapee] = escapees(service, 1)
+    manager.systemctl("kill", "-s", "USR2", "--kill-whom=main", UNIT)
+    manager.wait_show(UNIT, SubState="auto-restart")
+    manager.systemctl("stop", UNIT)
+    assert manager.show(UNIT, "ActiveState", "NRestarts") == {
+        "ActiveState": "inactive",
+        "NRestarts": "0",
+    }
+    left = {int(run["pid"]), escapee}
+    assert all(alive(p) for p in left) and left <= set(manager.unit_pids(UNIT))
+    manager.systemctl("kill", "--signal=KILL", UNIT)
+    service.wait_for(lambda: not any(alive(p) for p in left), what="the runners' end")
+    assert manager.proc is not None and manager.pids() == [manager.proc.pid]

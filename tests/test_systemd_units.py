@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import shutil
 import stat
@@ -15,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from batchd import systemd
-from batchd.config import FileConfig
-from batchd.systemd import install_service, render_unit
+from batchd import unitfile
+from batchd.service_install import install_service
+from batchd.unitfile import render_unit
+from tests.test_unit_text import directives
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("batchd.service", "batchd.socket")
@@ -100,16 +100,6 @@ def analyze_verify(tmp_path: Path, *units: Path) -> subprocess.CompletedProcess[
         )
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
-
-
-def directives(text: str) -> dict[str, str]:
-    """Key=value lines of a unit (the last one wins), comments and sections left out."""
-    pairs = (
-        line.split("=", 1)
-        for line in text.splitlines()
-        if line and not line.startswith(("#", "[")) and "=" in line
-    )
-    return {k: v for k, v in pairs}
 
 
 # --- systemd-analyze ------------------------------------------------------------------------
@@ -288,12 +278,12 @@ def test_default_exec_start_is_this_installation(
     link.symlink_to(exe)
     monkeypatch.setattr(sys, "argv", [str(link), "install-service"])
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert systemd.default_exec_start() == str(exe)
+    assert unitfile.default_exec_start() == str(exe)
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "pytest")])
     monkeypatch.setenv("PATH", str(link.parent))
-    assert systemd.default_exec_start() == str(exe)
+    assert unitfile.default_exec_start() == str(exe)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert systemd.default_exec_start() == f"{os.path.abspath(sys.executable)} -m batchd"
+    assert unitfile.default_exec_start() == f"{os.path.abspath(sys.executable)} -m batchd"
 
 
 def test_unusable_paths_are_refused_cleanly(tmp_path: Path, home: Path, exe: Path) -> None:
@@ -307,94 +297,32 @@ def test_unusable_paths_are_refused_cleanly(tmp_path: Path, home: Path, exe: Pat
     assert code == 1 and "cannot" in text
 
 
+def test_a_symlinked_unit_is_refused_and_its_target_left_alone(
+    tmp_path: Path, home: Path, exe: Path
+) -> None:
+    """A unit that is a symlink (say, from `systemctl --user link`) is never written through
+    nor replaced, even with --force: exit 1 naming it."""
+    unit_dir = home / "units"
+    unit_dir.mkdir()
+    target = tmp_path / "mine.service"
+    target.write_text("[Service]\nExecStart=/bin/true\n")
+    (unit_dir / "batchd.service").symlink_to(target)
+    out = io.StringIO()
+    code = install_service(
+        socket_activation=False, force=True, unit_dir=unit_dir, batchd_path=str(exe), out=out
+    )
+    assert code == 1
+    assert f"{unit_dir / 'batchd.service'} is a symlink" in out.getvalue()
+    assert (unit_dir / "batchd.service").is_symlink()
+    assert target.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
 def test_leftover_socket_unit_is_pointed_out(home: Path, exe: Path) -> None:
     """Re-installing without socket activation mentions the batchd.socket still installed."""
     unit_dir = home / "units"
     assert install(unit_dir, exe, socket_activation=True)[0] == 0
     code, text = install(unit_dir, exe)
     assert code == 0 and "disable --now batchd.socket" in text
-
-
-# --- the units themselves -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", UNITS)
-def test_repo_units_are_the_rendered_templates(name: str) -> None:
-    """systemd/<unit> in the repo is exactly the package template rendered for ~/.local/bin."""
-    assert (REPO / "systemd" / name).read_text() == render_unit(name, "%h/.local/bin/batchd")
-
-
-@pytest.mark.parametrize("name", UNITS)
-def test_every_directive_is_explained(name: str) -> None:
-    """Each directive in the templates has a comment line right above it."""
-    lines = render_unit(name, "/x/batchd").splitlines()
-    for before, line in itertools.pairwise(lines):
-        if line and not line.startswith(("#", "[")):
-            assert before.startswith("#"), line
-
-
-def test_template_placeholders_are_only_where_they_belong() -> None:
-    """Each placeholder appears once, on its directive: ExecStart=, ExecReload=, ListenStream=."""
-    for name, directive, placeholder in (
-        ("batchd.service", "ExecStart=", systemd.EXEC_PLACEHOLDER),
-        ("batchd.service", "ExecReload=", systemd.RELOAD_PLACEHOLDER),
-        ("batchd.socket", "ListenStream=", systemd.LISTEN_PLACEHOLDER),
-    ):
-        template = (REPO / "batchd" / "units" / name).read_text().splitlines()
-        [line] = [line for line in template if placeholder in line]
-        assert line.startswith(directive), line
-        assert all(
-            p not in render_unit(name, "/x/batchd") for p in ("@BATCHD@", "@BATCHCTL@", "@LISTEN@")
-        )
-
-
-def test_service_unit_has_what_the_spec_asks() -> None:
-    """Type=notify, restart policy, KillMode=mixed, stop timeout > kill_grace, hardening."""
-    text = render_unit("batchd.service", "/x/batchd")
-    d = directives(text)
-    expected = {
-        "Type": "notify",
-        "NotifyAccess": "main",
-        "ExecStart": "/x/batchd run",
-        "ExecReload": "/x/batchctl reload",
-        "Restart": "on-failure",
-        "RestartSec": "5",
-        "RestartPreventExitStatus": "78",
-        "KillMode": "mixed",
-        "WatchdogSec": "60",
-        "EnvironmentFile": "-%h/.config/batchd/environment",
-        "NoNewPrivileges": "yes",
-        "WantedBy": "default.target",
-    }
-    assert {k: d.get(k) for k in expected} == expected
-    assert float(d["TimeoutStopSec"]) > FileConfig().runner.kill_grace
-    # Nothing that needs namespaces a plain user manager lacks, or that locks the runner out.
-    for absent in ("ProtectHome", "ProtectSystem", "PrivateTmp", "MemoryDenyWriteExecute"):
-        assert absent not in d, absent
-        assert f"{absent}=" in text  # ...but the comment says why
-
-
-def test_socket_unit_has_what_the_spec_asks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """ListenStream at %t/batchd/batchd.sock, 0600 in 0700, for batchd.service: batchd's default."""
-    d = directives(render_unit("batchd.socket", "/x/batchd"))
-    assert {k: d.get(k) for k in ("ListenStream", "SocketMode", "DirectoryMode", "Service")} == {
-        "ListenStream": "%t/batchd/batchd.sock",
-        "SocketMode": "0600",
-        "DirectoryMode": "0700",
-        "Service": "batchd.service",
-    }
-    from batchd.paths import resolve_socket
-
-    runtime = tmp_path / "run-user"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.delenv("BATCHD_SOCKET", raising=False)
-    monkeypatch.setenv("BATCHD_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    expected = d["ListenStream"].replace("%t", str(runtime))
-    assert resolve_socket(os.environ) == Path(expected)
 
 
 # --- install-service --config, a configured socket, and ExecReload ---------------------------
@@ -470,12 +398,6 @@ def test_install_warns_when_batchctl_is_not_beside_batchd(tmp_path: Path, home: 
     code, text = install(home / "units", lone)
     assert code == 0
     assert f"{lone.with_name('batchctl')} is missing" in text and "reload" in text
-
-
-def test_no_documentation_placeholder() -> None:
-    """The units carry no Documentation= line (there was a placeholder URL once)."""
-    for name in UNITS:
-        assert "Documentation=" not in render_unit(name, "/x/batchd")
 
 
 def test_batchd_install_service_cli_honours_config(tmp_path: Path, home: Path) -> None:
