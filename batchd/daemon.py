@@ -68,13 +68,15 @@ def run(cfg: Config, backend: str, reload: Reload) -> int:
         return 1
     become_subreaper()
     try:
-        return anyio.run(_main, cfg, store, backend, reload, backend=backend)
+        return anyio.run(_main, cfg, store, spool_lock, backend, reload, backend=backend)
     finally:
         spool_lock.close()
         store.close()
 
 
-async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
+async def _main(
+    cfg: Config, store: Store, spool_lock: SpoolLock, backend: str, reload: Reload
+) -> int:
     engine = Engine(
         cfg,
         store,
@@ -88,6 +90,10 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
         limits_from(cfg),
         cfg.spool.settle_ms,
         lambda acc: intake.ingest(engine, acc),
+        clock=engine.clock,
+        lock=spool_lock,
+        report=engine.spool_report,
+        on_change=lambda trouble: engine.set_problem("spool", trouble),
     )
     engine.poke_spool = spool.poke  # type: ignore[method-assign]
     engine.reload = lambda: _reload(engine, spool, reload)

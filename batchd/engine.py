@@ -38,6 +38,7 @@ from batchd.journal import Journal
 from batchd.model import AuditEvent, DaemonState, UserState
 from batchd.policy import consent
 from batchd.protocol import E_IO
+from batchd.spoolrules import SpoolReport
 from batchd.store import Problem, Store
 from batchd.systemd import child_env
 
@@ -92,6 +93,7 @@ class Engine:
         self.daemon = DaemonState()
         self.user = UserState()
         self.problems: list[Problem] = []
+        self.spool_report = SpoolReport()  # kept current by the spool: rejected files
         self.running: dict[str, Slot] = {}
         self.stopping = False
         self.version = 0

@@ -19,24 +19,22 @@ from batchd import failpoints
 from batchd.batch import Batch, new_batch
 from batchd.classify import sanitize
 from batchd.engine import Engine
-from batchd.model import batch_id_for, utc_iso
+from batchd.model import batch_id_for
 from batchd.spool import Accepted
+from batchd.spoolrules import claimed_batch, give_back_seq, take_seq
+from batchd.store import StoreError
 
 log = logging.getLogger("batchd")
 
 
 def ingest(engine: Engine, acc: Accepted) -> None:
     """Turn a claimed spool file into a batch (or finish what a kill interrupted)."""
-    for batch in engine.batches.values():
-        s = batch.state
-        if (
-            s.features_file == acc.name
-            and s.source_sha256 == acc.sha256
-            and not engine.store.has_source(s.batch_id)
-        ):
-            log.info("spool: %s is %s (recovered after a crash)", sanitize(acc.name), s.batch_id)
-            _move_source(engine, acc, s.batch_id)
-            return
+    states = (b.state for b in engine.batches.values())
+    batch_id = claimed_batch(acc.name, acc.sha256, states, engine.store.has_source)
+    if batch_id is not None:
+        log.info("spool: %s is %s (recovered after a crash)", sanitize(acc.name), batch_id)
+        _move_source(engine, acc, batch_id)
+        return
     if engine.journal.failure:
         return  # the disk is failing: the file waits in .claimed/ until it recovers
     new = _new(engine, acc)
@@ -60,7 +58,7 @@ def ingest(engine: Engine, acc: Accepted) -> None:
 
 def _new(engine: Engine, acc: Accepted) -> Batch | None:
     now = engine.clock.now()
-    seq = engine.daemon.next_seq
+    seq = take_seq(engine.daemon, now)
     parsed = acc.parsed
     if parsed.name == acc.name:  # named after the file: a name may hold anything
         parsed = dataclasses.replace(parsed, name=sanitize(acc.name, 200))
@@ -72,10 +70,8 @@ def _new(engine: Engine, acc: Accepted) -> Batch | None:
         source_sha256=acc.sha256,
         now=now,
     )
-    engine.daemon.next_seq = seq + 1
-    engine.daemon.updated_at = utc_iso(now)
     if not engine.save_queue():
-        engine.daemon.next_seq = seq
+        give_back_seq(engine.daemon, seq)
         return None
     if not engine.journal.create(batch, engine.daemon):
         engine.set_problem("state_write", engine.journal.failure)
@@ -98,7 +94,7 @@ def _new_id(engine: Engine, now: float) -> str:
 def _move_source(engine: Engine, acc: Accepted, batch_id: str) -> None:
     try:
         engine.store.move_in_source(acc.path, batch_id)
-    except OSError as e:
+    except (OSError, StoreError) as e:
         log.error(
             "spool: cannot move %s into %s: %s; it is tried again at the next scan",
             sanitize(acc.name),

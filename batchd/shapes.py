@@ -130,6 +130,11 @@ class Paths(TypedDict):
     socket: str
 
 
+class RejectedItem(TypedDict):
+    name: str  # as it is in spool/rejected/ (sanitized for display)
+    reason: str  # its .error sidecar
+
+
 class Status(TypedDict):
     daemon: DaemonInfo
     queue_paused: bool
@@ -144,6 +149,10 @@ class Status(TypedDict):
     batches: list[BatchItem]
     total_cost_usd: float
     paths: Paths
+    # The newest rejected spool files still in rejected/ (at most 5), and how many there are.
+    # Always sent by this version; a daemon before it (still running after an upgrade) has none.
+    rejected: NotRequired[list[RejectedItem]]
+    rejected_total: NotRequired[int]
 
 
 class BatchList(TypedDict):

@@ -59,6 +59,8 @@ def status(engine: Engine) -> shapes.Status:
             "state_dir": str(p.state_dir),
             "socket": str(p.socket),
         },
+        "rejected": engine.spool_report.rejected,
+        "rejected_total": engine.spool_report.rejected_total,
     }
 
 
