@@ -3,10 +3,11 @@
 Owns only "tell the spool that something changed": every change set pokes it,
 and so does every start of the watch (what came while nothing watched). A
 watch follows an inode, so a spool folder that was removed, replaced or
-turned into a link is never seen again by the old watch: the watch ends when
-the folder is no longer the one it watches (or the spool says so: ``follow``)
-and starts on the new one; while there is no real folder to watch, it looks
-again every ``WATCH_RETRY_S``. Never reads a file, never raises out of ``run``.
+turned into a link is never seen again by the old watch (the old one reports
+it "deleted", which pokes the spool): the spool's pass, which decides what the
+spool folder is, says which one to watch (``follow``) and the watch starts
+again on it; while there is no real folder to watch, it looks again every
+``WATCH_RETRY_S``. Never reads a file, never raises out of ``run``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Watch:
             self.watched = here
             self.poke()  # what came while nothing watched
             try:
-                await self._changes(here, halt)
+                await self._changes(halt)
             except (OSError, RuntimeError) as e:
                 log.warning("spool: watching %s failed (%s); retrying", self.folder, e)
                 with anyio.move_on_after(WATCH_RETRY_S):
@@ -78,7 +79,7 @@ class Watch:
             self.watched = None
             self.poke()
 
-    async def _changes(self, here: Ident, halt: anyio.Event) -> None:
+    async def _changes(self, halt: anyio.Event) -> None:
         changes = awatch(
             self.folder,
             watch_filter=None,
@@ -91,5 +92,3 @@ class Watch:
         async with contextlib.aclosing(changes):
             async for _changes in changes:
                 self.poke()
-                if self._watchable() != here:
-                    return  # removed or replaced: watch the new one

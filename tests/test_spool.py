@@ -8,6 +8,7 @@ never overwrite an earlier claim, the fsyncs of a claim, the folders' trouble.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from batchd.clock import ManualClock
 from batchd.parse import Limits
 from batchd.spool import Accepted, Spool, SpoolError, SpoolLock
 from batchd.spoolfs import Refused, read_entry
+from batchd.spoolrules import IDLE_LOOK_S, TROUBLE_RETRY_S
 
 T = 1_900_000_000.0
 
@@ -186,19 +188,52 @@ def test_a_claim_is_durable_before_its_batch_is_made(
 
 @pytest.mark.anyio
 async def test_a_settle_deadline_passes_on_the_injected_clock(tmp_path: Path) -> None:
-    """The watching spool sleeps on its clock until a plain file has settled, and takes it
-    when the clock gets there: no real second passes."""
+    """The watching spool reads time from its clock: a file with ten minutes to settle is
+    looked at again and again (every IDLE_LOOK_S of that clock) and taken when the clock
+    reaches its deadline; no real second passes."""
     clock = ManualClock(time.time())
-    box = Box(tmp_path, settle_ms=3000, clock=clock)
+    box = Box(tmp_path, settle_ms=600_000, clock=clock)
+    st = os.lstat(box.put("todo.txt", "one\n"))
+    due = max(st.st_mtime, st.st_ctime) + 600
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(box.spool.run, stop)
-        st = os.lstat(box.put("todo.txt", "one\n"))
-        due = max(st.st_mtime, st.st_ctime) + 3
-        await until(lambda: due in clock.sleepers, "the spool asleep until the file settles")
+        start = clock.now()
+        await until(lambda: clock.sleepers == [start + IDLE_LOOK_S], "the first look")
+        clock.advance(IDLE_LOOK_S)
+        await until(lambda: clock.sleepers == [start + 2 * IDLE_LOOK_S], "the second look")
         assert box.names == []
         clock.advance(due - clock.now())
-        await until(lambda: box.names == ["todo.txt"], "the settled file taken")
+        await until(lambda: box.names == ["todo.txt"], "the settled file taken", timeout=10)
+        stop.set()
+
+
+@pytest.mark.anyio
+async def test_an_io_error_no_check_foresaw_is_a_problem_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutant "no safety net around a pass": an I/O error where none was expected (EIO on
+    a claimed file) is a spool problem, never the end of the watch; the spool looks again
+    after TROUBLE_RETRY_S and takes the file once the disk answers."""
+    clock = ManualClock(time.time())
+    box = Box(tmp_path, clock=clock)
+    failing = [True]
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        if failing[0] and "/.claimed/" in str(path):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_lstat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    box.put("a.json", json.dumps({"features": ["one"]}))  # a request is read at once
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(box.spool.run, stop)
+        await until(lambda: "Input/output error" in (box.problem or ""), "the problem")
+        failing[0] = False
+        clock.advance(TROUBLE_RETRY_S)
+        await until(lambda: box.names == ["a.json"] and box.problem is None, "taken, no problem")
         stop.set()
 
 

@@ -29,6 +29,20 @@ def spool_problem(d: Daemon) -> str | None:
     return found[0] if found else None
 
 
+def watched_inodes(pid: int) -> set[int]:
+    """The inodes the process ``pid`` has inotify watches on (its /proc fdinfo)."""
+    found: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("inotify "):
+                        found.add(int(line.split(" ino:", 1)[1].split()[0], 16))
+    return found
+
+
 def ran(d: Daemon) -> list[str]:
     return [r["feature"] for r in d.agent_runs() if r["event"] == "start"]
 
@@ -127,7 +141,7 @@ def test_the_spool_folder_removed_or_replaced_while_running(
 ) -> None:
     """The spool folder removed, replaced by a new one, by a link or by a file: the daemon
     keeps answering, never reads through the link, owns the new folder (its lock taken again:
-    a second daemon is refused) and a file dropped into it runs."""
+    a second daemon is refused), watches it, and a file dropped into it runs."""
     d = make_daemon()
     d.start()
     d.drop("first.txt", ["first"])
@@ -146,6 +160,9 @@ def test_the_spool_folder_removed_or_replaced_while_running(
     lock = d.spool / ".batchd.lock"
     d.wait_for(lambda: lock.exists() and d.spool.is_dir(), what="the spool owned again")
     assert json.loads(lock.read_text())["state_dir"] == str(d.state)
+    assert d.proc is not None
+    pid, new = d.proc.pid, os.stat(d.spool).st_ino
+    d.wait_for(lambda: new in watched_inodes(pid), what="the new spool folder watched")
     d.drop("after.txt", ["after"])
     states = d.wait_finished(2)
     assert [s["features_file"] for s in states] == ["first.txt", "after.txt"]
