@@ -130,9 +130,8 @@ def check_folder(role: Role, path: Path) -> tuple[str | None, os.stat_result | N
     is wrong with it (a problem's text), if anything; never raises an ``OSError``."""
     try:
         st = lstat_or_none(path)
-        trouble = folder_trouble(
-            role, str(path), st and st.st_mode, st.st_uid if st else 0, os.getuid()
-        )
+        mode, uid = (st.st_mode, st.st_uid) if st is not None else (None, 0)
+        trouble = folder_trouble(role, str(path), mode, uid, os.getuid())
         if trouble is not None:
             return trouble, st
         ensure_dir(path)
