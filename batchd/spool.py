@@ -15,7 +15,8 @@ link, a plain file, unwritable, the spool folder removed or replaced) is a
 ``spool`` problem handed to ``on_change``, logged once, and looked at again
 every ``TROUBLE_RETRY_S``; nothing is written through a link and a file that
 cannot move stays where it is. A pass over the spool yields to the event loop
-after every file, so the control socket answers during a burst of files.
+between files at least every ``TURN_S``, so the control socket answers during
+a burst of files.
 
 A kill between the claim and the batch leaves the file in ``.claimed/``; every
 pass handles such leftovers first, so it becomes exactly one batch.
@@ -42,6 +43,7 @@ from batchd.spoolfs import (
     Refused,
     SpoolLock,
     check_folder,
+    free_name,
     ident,
     list_rejected,
     lstat_or_none,
@@ -71,6 +73,7 @@ __all__ = ["Accepted", "Spool", "SpoolError", "SpoolLock"]
 log = logging.getLogger("batchd.spool")
 
 Troubles = dict[Role, str]
+TURN_S = 0.02  # the longest a pass keeps the event loop (plus one file's work)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Spool:
         self.dir = spool_dir
         self.claimed = spool_dir / CLAIMED
         self.rejected = spool_dir / REJECTED
+        self.folders: dict[Role, Path] = {"claimed": self.claimed, "rejected": self.rejected}
         self.limits = limits
         self.settle_s = settle_ms / 1000.0
         self.ingest = ingest
@@ -135,10 +139,15 @@ class Spool:
         return self._due
 
     async def _scan_yielding(self) -> float | None:
-        """One pass that lets the other tasks (the control socket) run after every file."""
+        """One pass that lets the other tasks (the control socket) run at least every
+        ``TURN_S`` of work, between two files (each turn of the engine's loop plans over every
+        batch: after every file, a burst would cost it quadratic time)."""
         try:
+            turn = anyio.current_time()
             for _ in self._pass(self.clock.now()):
-                await anyio.lowlevel.checkpoint()
+                if anyio.current_time() - turn >= TURN_S:
+                    await anyio.lowlevel.checkpoint()
+                    turn = anyio.current_time()
         except (OSError, StoreError) as e:  # a trouble no check foresaw: never an exit
             self._set_troubles({"spool": f"{self.dir}: {e}; batchd tries again"})
             return None
@@ -154,11 +163,7 @@ class Spool:
     def _look(self, now: float, troubles: Troubles) -> Iterator[None]:
         if not self._spool_usable(troubles):
             return
-        folders: tuple[tuple[Role, Path], ...] = (
-            ("claimed", self.claimed),
-            ("rejected", self.rejected),
-        )
-        for role, path in folders:
+        for role, path in self.folders.items():
             trouble, _ = check_folder(role, path)
             if trouble is not None:
                 troubles[role] = trouble
@@ -315,13 +320,7 @@ class Spool:
         if "rejected" in troubles:
             return
         reason = sanitize(reason)  # a file name or line may carry escapes or newlines
-        dest = name
-        n = 1
-        while os.path.lexists(self.rejected / dest) or os.path.lexists(
-            self.rejected / f"{dest}.error"
-        ):
-            dest = f"{name}.{n}"
-            n += 1
+        dest = free_name(self.rejected, name)
         try:
             os.rename(source / name, self.rejected / dest)
         except FileNotFoundError:

@@ -207,7 +207,16 @@ def _read_up_to(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-# --- rejected/ for status ----------------------------------------------------------------------
+# --- rejected/ ------------------------------------------------------------------------------
+
+
+def free_name(folder: Path, name: str) -> str:
+    """``name``, or ``name.1``, ``name.2``...: the first that neither it nor its ``.error``
+    sidecar takes in ``folder`` (a file rejected twice keeps both)."""
+    dest, n = name, 1
+    while os.path.lexists(folder / dest) or os.path.lexists(folder / f"{dest}{ERROR_SUFFIX}"):
+        dest, n = f"{name}.{n}", n + 1
+    return dest
 
 
 def list_rejected(folder: Path) -> tuple[int, list[RejectedItem]]:
