@@ -76,13 +76,15 @@ def run(cfg: Config, backend: str, reload: Reload) -> int:
         return 1
     become_subreaper()
     try:
-        return anyio.run(_main, cfg, store, backend, reload, backend=backend)
+        return anyio.run(_main, cfg, store, spool_lock, backend, reload, backend=backend)
     finally:
         spool_lock.close()
         store.close()
 
 
-async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
+async def _main(
+    cfg: Config, store: Store, spool_lock: SpoolLock, backend: str, reload: Reload
+) -> int:
     spool: Spool | None = None
 
     def poke() -> None:
@@ -108,6 +110,10 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> int:
         limits_from(cfg),
         cfg.spool.settle_ms,
         lambda acc: intake.ingest(engine, acc),
+        clock=engine.clock,
+        lock=spool_lock,
+        report=engine.live.spool_report,
+        on_change=lambda trouble: engine.live.set_problem("spool", trouble),
     )
     stop = anyio.Event()
     own_socket: Path | None = None

@@ -22,9 +22,10 @@ from batchd.classify import sanitize
 from batchd.clock import Clock
 from batchd.journal import Journal
 from batchd.live import Live
-from batchd.model import batch_id_for, utc_iso
+from batchd.model import batch_id_for
 from batchd.spool import Accepted
-from batchd.store import Store
+from batchd.spoolrules import claimed_batch, give_back_seq, take_seq
+from batchd.store import Store, StoreError
 
 log = logging.getLogger("batchd")
 
@@ -44,16 +45,12 @@ class Intake(Protocol):
 def ingest(engine: Intake, acc: Accepted) -> None:
     """Turn a claimed spool file into a batch (or finish what a kill interrupted)."""
     live = engine.live
-    for batch in live.batches.values():
-        s = batch.state
-        if (
-            s.features_file == acc.name
-            and s.source_sha256 == acc.sha256
-            and not engine.store.has_source(s.batch_id)
-        ):
-            log.info("spool: %s is %s (recovered after a crash)", sanitize(acc.name), s.batch_id)
-            _move_source(engine, acc, s.batch_id)
-            return
+    states = (b.state for b in live.batches.values())
+    batch_id = claimed_batch(acc.name, acc.sha256, states, engine.store.has_source)
+    if batch_id is not None:
+        log.info("spool: %s is %s (recovered after a crash)", sanitize(acc.name), batch_id)
+        _move_source(engine, acc, batch_id)
+        return
     if engine.journal.failure:
         return  # the disk is failing: the file waits in .claimed/ until it recovers
     new = _new(engine, acc)
@@ -78,7 +75,7 @@ def ingest(engine: Intake, acc: Accepted) -> None:
 def _new(engine: Intake, acc: Accepted) -> Batch | None:
     now = engine.clock.now()
     queue = engine.live.queue
-    seq = queue.next_seq
+    seq = take_seq(queue, now)
     parsed = acc.parsed
     if parsed.name == acc.name:  # named after the file: a name may hold anything
         parsed = dataclasses.replace(parsed, name=sanitize(acc.name, 200))
@@ -90,10 +87,8 @@ def _new(engine: Intake, acc: Accepted) -> Batch | None:
         source_sha256=acc.sha256,
         now=now,
     )
-    queue.next_seq = seq + 1
-    queue.updated_at = utc_iso(now)
     if not engine.save_queue():
-        queue.next_seq = seq
+        give_back_seq(queue, seq)
         return None
     if not engine.journal.create(batch, queue):
         engine.live.set_problem("state_write", engine.journal.failure)
@@ -117,7 +112,7 @@ def _new_id(engine: Intake, now: float) -> str:
 def _move_source(engine: Intake, acc: Accepted, batch_id: str) -> None:
     try:
         engine.store.move_in_source(acc.path, batch_id)
-    except OSError as e:
+    except (OSError, StoreError) as e:
         log.error(
             "spool: cannot move %s into %s: %s; it is tried again at the next scan",
             sanitize(acc.name),

@@ -20,6 +20,7 @@ import anyio
 from batchd.batch import Batch
 from batchd.engines import LaunchSpec, Run
 from batchd.model import DaemonState, UserState
+from batchd.spoolrules import SpoolReport
 from batchd.store import Problem
 
 
@@ -65,6 +66,7 @@ class Live:
         self.queue = DaemonState()  # daemon.json
         self.user = UserState()  # user_state.json
         self.problems: list[Problem] = []
+        self.spool_report = SpoolReport()  # kept current by the spool: rejected files
         self.stopping = False  # SIGTERM: start nothing more
         self.version = 0  # counts changes, for watchers
         self.changed = anyio.Event()  # set (and replaced) on every change

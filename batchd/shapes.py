@@ -145,6 +145,11 @@ class LimitWaitItem(TypedDict):
     in_words: str  # "waiting for claude's usage limit: until ..., in 3 h 12 min"
 
 
+class RejectedItem(TypedDict):
+    name: str  # as it is in spool/rejected/ (sanitized for display)
+    reason: str  # its .error sidecar
+
+
 class Status(TypedDict):
     daemon: DaemonInfo
     queue_paused: bool
@@ -160,6 +165,10 @@ class Status(TypedDict):
     total_cost_usd: float
     paths: Paths
     limit_waits: list[LimitWaitItem]
+    # The newest rejected spool files still in rejected/ (at most 5), and how many there are.
+    # Always sent by this version; a daemon before it (still running after an upgrade) has none.
+    rejected: NotRequired[list[RejectedItem]]
+    rejected_total: NotRequired[int]
 
 
 class BatchList(TypedDict):

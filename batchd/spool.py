@@ -1,111 +1,79 @@
-"""The spool directory (SPEC section 3): owning, watching, settling, claiming, rejecting.
+"""The spool directory (SPEC section 3): settling, claiming, rejecting, looking again.
 
 Owns everything between "a name appeared in the spool" and "here is a claimed,
-validated file": the lock that makes one daemon the owner of a spool, ignore
-rules, the settle time of plain files, the one re-try of a ``.json`` request,
-``lstat`` before anything, opening with ``O_NOFOLLOW | O_NONBLOCK`` (never
-block on a FIFO, never follow a link), the claim (an atomic rename into
-``.claimed/``: only a claim that succeeded becomes a batch), and moving refused
-entries to ``rejected/`` with a ``.error`` sidecar. Turning a claimed file into
-a batch is the engine's (``Engine.ingest``); deciding whether bytes are
-acceptable is ``parse``'s.
+validated file": ``lstat`` before anything, the claim (an atomic rename into
+``.claimed/``, made durable: only a claim that succeeded becomes a batch), and
+moving refused entries to ``rejected/`` with a ``.error`` sidecar. The rules
+(when a file is ready, what a folder in trouble stops, which rejected files
+status shows) are ``spoolrules``'; reading an entry, the lock and the look at
+the spool's own folders are ``spoolfs``'; turning a claimed file into a batch
+is ``intake``'s; whether bytes are acceptable is ``parse``'s; the watch that says
+when to look is ``spoolwatch``'s.
+
+Never an exception out of the watch: trouble with the spool's own folders (a
+link, a plain file, unwritable, the spool folder removed or replaced) is a
+``spool`` problem handed to ``on_change``, logged once, and looked at again
+every ``TROUBLE_RETRY_S``; nothing is written through a link and a file that
+cannot move stays where it is. A pass over the spool yields to the event loop
+between files at least every ``TURN_S``, so the control socket answers during
+a burst of files.
 
 A kill between the claim and the batch leaves the file in ``.claimed/``; every
-scan handles such leftovers first, so it becomes exactly one batch.
+pass handles such leftovers first, so it becomes exactly one batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import stat
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from watchfiles import awatch
+import anyio.lowlevel
 
 from batchd import failpoints
 from batchd.classify import sanitize
+from batchd.clock import Clock, SystemClock
 from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
-from batchd.spoolnames import CLAIMED, LOCK, REJECTED, is_ignored
-from batchd.store import LockHeld, StoreError, ensure_dir, fsync_dir, take_lock, write_durable
+from batchd.spoolfs import (
+    Refused,
+    SpoolLock,
+    check_folder,
+    free_name,
+    ident,
+    list_rejected,
+    lstat_or_none,
+    read_entry,
+    sync_entry,
+)
+from batchd.spoolfs import SpoolError as SpoolError  # what the daemon catches at start
+from batchd.spoolnames import CLAIMED, REJECTED, is_ignored
+from batchd.spoolrules import (
+    DirSig,
+    FirstLook,
+    Role,
+    SpoolReport,
+    cannot_move,
+    entry_kind,
+    needs_relist,
+    next_look,
+    request_look,
+    settle_due,
+    trouble_message,
+)
+from batchd.spoolwatch import Watch
+from batchd.store import StoreError, fsync_dir, write_durable
+
+__all__ = ["Accepted", "Spool", "SpoolError", "SpoolLock"]
 
 log = logging.getLogger("batchd.spool")
-logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
 
-# watchfiles' watcher thread wakes every ``step`` ms (it polls its stop event): 4 wakeups a
-# second costs ~0.01% CPU when idle. ``batchctl submit`` pings the daemon, which scans at
-# once, so a submitted batch does not wait for this.
-WATCH_STEP_MS = 250
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def _kind(mode: int) -> str | None:
-    """Why a non-regular entry is refused, or None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return "is a symbolic link; batchd never follows links in the spool: copy the file in"
-    if stat.S_ISDIR(mode):
-        return "is a directory; the spool is not recursive: put feature files directly in it"
-    if stat.S_ISFIFO(mode):
-        return "is a FIFO; only regular files are read"
-    if stat.S_ISSOCK(mode):
-        return "is a socket; only regular files are read"
-    return "is a device or special file; only regular files are read"
-
-
-class SpoolError(Exception):
-    """The spool cannot be used by this daemon (another one owns it, or it is unusable)."""
-
-
-class SpoolLock:
-    """One daemon owns a spool: an ``flock`` on ``spool_dir/.batchd.lock``.
-
-    The file says who holds it (pid and state dir), so that a second daemon can
-    say which one it collided with. The lock goes with the process (a kill
-    leaves a file that the next ``flock`` simply takes).
-    """
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self.fd = fd
-        self.path = path
-
-    @classmethod
-    def acquire(cls, spool_dir: Path, state_dir: Path) -> SpoolLock:
-        ensure_dir(spool_dir)
-        path = spool_dir / LOCK
-        me = json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)}) + "\n"
-        try:
-            fd = take_lock(path, me)
-        except StoreError as e:
-            raise SpoolError(str(e)) from None
-        except LockHeld as e:
-            raise SpoolError(
-                f"the spool {spool_dir} is already owned by another batchd{_holder(e.content)}; "
-                "one spool has one daemon: stop that one, or give this one its own --spool"
-            ) from None
-        return cls(fd, path)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _holder(raw: bytes) -> str:
-    """`` (pid N, state dir D)`` from a lock file's content, or nothing when unreadable."""
-    try:
-        info = json.loads(raw)
-        return f" (pid {int(info['pid'])}, state dir {sanitize(str(info['state_dir']))})"
-    except (ValueError, KeyError, TypeError):
-        return ""
+Troubles = dict[Role, str]
+TURN_S = 0.02  # the longest a pass keeps the event loop (plus one file's work)
 
 
 @dataclass(frozen=True)
@@ -119,247 +87,313 @@ class Accepted:
 
 
 Ingest = Callable[[Accepted], None]
+OnChange = Callable[[str | None], None]  # the spool problem's text (None: none) after a change
 
 
 class Spool:
-    def __init__(self, spool_dir: Path, limits: Limits, settle_ms: int, ingest: Ingest) -> None:
+    def __init__(
+        self,
+        spool_dir: Path,
+        limits: Limits,
+        settle_ms: int,
+        ingest: Ingest,
+        *,
+        clock: Clock | None = None,
+        lock: SpoolLock | None = None,
+        report: SpoolReport | None = None,
+        on_change: OnChange | None = None,
+    ) -> None:
+        """``lock``: this daemon's lock on the spool, taken again if the folder is replaced;
+        ``report``: kept current for ``status`` (rejected files); ``on_change``: told when the
+        spool's problem or its report changed."""
         self.dir = spool_dir
+        self.claimed = spool_dir / CLAIMED
+        self.rejected = spool_dir / REJECTED
+        self.folders: dict[Role, Path] = {"claimed": self.claimed, "rejected": self.rejected}
         self.limits = limits
         self.settle_s = settle_ms / 1000.0
         self.ingest = ingest
-        self._json_retry: dict[str, tuple[tuple[int, int, int], float]] = {}
+        self.clock: Clock = clock or SystemClock()
+        self.lock = lock
+        self.report = report if report is not None else SpoolReport()
+        self.on_change: OnChange = on_change or (lambda _trouble: None)
+        self.troubles: Troubles = {}
+        self._looks: dict[str, FirstLook] = {}  # .json requests waiting for their second look
+        self._due: float | None = None
         self._poke = anyio.Event()
-        self.claimed = spool_dir / CLAIMED
+        self.watch = Watch(spool_dir, self.poke)
+        self._rejected_sig: DirSig | None = None
+        self._listed_at = 0.0
+        self._rejected_dirty = True
 
     def reconfigure(self, limits: Limits, settle_ms: int) -> None:
         self.limits = limits
         self.settle_s = settle_ms / 1000.0
 
-    # --- one scan ---
+    # --- one pass ---
 
     def scan(self, now: float | None = None) -> float | None:
-        """Read every ready entry; return the wall time of the next needed look, if any."""
-        now = time.time() if now is None else now
+        """One whole pass at once; the wall time of the next look a file needs, if any."""
+        for _ in self._pass(self.clock.now() if now is None else now):
+            pass
+        return self._due
+
+    async def _scan_yielding(self) -> float | None:
+        """One pass that lets the other tasks (the control socket) run at least every
+        ``TURN_S`` of work, between two files (each turn of the engine's loop plans over every
+        batch: after every file, a burst would cost it quadratic time)."""
         try:
-            entries = list(os.scandir(self.dir))
-        except FileNotFoundError:
-            ensure_dir(self.dir)
+            turn = anyio.current_time()
+            for _ in self._pass(self.clock.now()):
+                if anyio.current_time() - turn >= TURN_S:
+                    await anyio.lowlevel.checkpoint()
+                    turn = anyio.current_time()
+        except (OSError, StoreError) as e:  # a trouble no check foresaw: never an exit
+            self._set_troubles({"spool": f"{self.dir}: {e}; batchd tries again"})
             return None
-        self._finish_claims()
+        return self._due
+
+    def _pass(self, now: float) -> Iterator[None]:
+        troubles: Troubles = {}
+        self._due = None
+        yield from self._look(now, troubles)
+        self._refresh_rejected(now, troubles)
+        self._set_troubles(troubles)
+
+    def _look(self, now: float, troubles: Troubles) -> Iterator[None]:
+        if not self._spool_usable(troubles):
+            return
+        for role, path in self.folders.items():
+            trouble, _ = check_folder(role, path)
+            if trouble is not None:
+                troubles[role] = trouble
+        try:
+            with os.scandir(self.dir) as it:
+                entries = [e for e in it if not is_ignored(e.name)]
+        except OSError as e:
+            troubles["spool"] = f"{self.dir} cannot be listed: {e.strerror}; batchd tries again"
+            return
+        if "claimed" not in troubles:
+            yield from self._finish_claims(troubles)
         candidates: list[tuple[int, str, os.stat_result]] = []
         for entry in entries:
-            if is_ignored(entry.name):
-                continue
-            try:
+            with contextlib.suppress(OSError):  # gone since the listing
                 st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            candidates.append((st.st_mtime_ns, entry.name, st))
+                candidates.append((st.st_mtime_ns, entry.name, st))
         candidates.sort()
-        next_look: float | None = None
-        seen = set()
         for _, name, st in candidates:
-            seen.add(name)
-            due = self._consider(name, st, now)
+            due = self._consider(name, st, now, troubles)
             if due is not None:
-                next_look = due if next_look is None else min(next_look, due)
-        for name in list(self._json_retry):
-            if name not in seen:
-                del self._json_retry[name]
-        return next_look
+                self._due = due if self._due is None else min(self._due, due)
+            yield
+        seen = {name for _, name, _ in candidates}
+        self._looks = {n: look for n, look in self._looks.items() if n in seen}
 
-    def _consider(self, name: str, st: os.stat_result, now: float) -> float | None:
-        path = self.dir / name
-        why = _kind(st.st_mode)
+    def _spool_usable(self, troubles: Troubles) -> bool:
+        """The spool folder is a real folder of ours, locked by us (taken again when it was
+        replaced), and watched; else its trouble is noted and nothing is read."""
+        try:
+            was_there = lstat_or_none(self.dir) is not None
+        except OSError:
+            was_there = True
+        trouble, st = check_folder("spool", self.dir)
+        if trouble is not None or st is None:
+            troubles["spool"] = trouble or f"{self.dir} cannot be used; batchd tries again"
+            return False
+        if not was_there:
+            log.warning("spool: the spool folder %s was removed; created it again", self.dir)
+        here = ident(st)
+        if self.lock is not None and self.lock.folder != here:
+            try:
+                self.lock.retake()
+            except SpoolError as e:
+                troubles["spool"] = f"the spool folder {self.dir} was replaced: {e}"
+                return False
+            log.warning("spool: the spool folder %s is a new one; it is owned again", self.dir)
+        self.watch.follow(here)  # a new folder: the old watch sees nothing of it
+        return True
+
+    def _consider(
+        self, name: str, st: os.stat_result, now: float, troubles: Troubles
+    ) -> float | None:
+        why = entry_kind(st.st_mode)
         if why is not None:
-            self.reject(name, f"{name} {why}")
+            self._reject(name, f"{name} {why}", self.dir, troubles)
             return None
         if is_request_name(name):
-            due = self._request_due(name, path, st, now)
-            if due is not None:
-                return due
+            due = self._request_due(name, st, now)
         else:
-            changed = max(st.st_mtime, st.st_ctime)
-            if now - changed < self.settle_s:
-                return changed + self.settle_s
-        if self._claim(name):
-            self._accept_claimed(name)
+            due = settle_due(max(st.st_mtime, st.st_ctime), now, self.settle_s)
+        if due is not None:
+            return due
+        if "claimed" not in troubles and self._claim(name, st, troubles):
+            self._accept_claimed(name, troubles)
         return None
 
-    def _request_due(self, name: str, path: Path, st: os.stat_result, now: float) -> float | None:
-        """A ``.json`` request that does not parse yet gets one more look after ``settle_ms``.
-
-        Returns when to look again, or None when it is ready to be claimed
-        (it parses, or its second chance is over and it will be rejected).
-        """
+    def _request_due(self, name: str, st: os.stat_result, now: float) -> float | None:
+        """A ``.json`` request that does not parse yet gets one more look (``request_look``)."""
         try:
-            parse_spool_file(name, self._read(path, st), self.limits)
-        except (FileNotFoundError, _Refused):
+            parse_spool_file(
+                name, read_entry(self.dir / name, st, self.limits.max_file_bytes), self.limits
+            )
+            parses = True
+        except (OSError, Refused):
             return None  # gone, or refused: the claimed copy says why
         except ParseError:
-            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-            first = self._json_retry.get(name)
-            if first is None or first[0] != sig:
-                # A request is written by rename, but give a slow writer one more chance.
-                self._json_retry[name] = (sig, now + self.settle_s)
-                return now + self.settle_s
-            if now < first[1]:
-                return first[1]
-        self._json_retry.pop(name, None)
-        return None
+            parses = False
+        due, look = request_look(
+            parses,
+            (st.st_size, st.st_mtime_ns, st.st_ino),
+            now,
+            self.settle_s,
+            self._looks.get(name),
+        )
+        if look is None:
+            self._looks.pop(name, None)
+        else:
+            self._looks[name] = look
+        return due
 
-    def _claim(self, name: str) -> bool:
-        """Take ``name`` out of the spool into ``.claimed/`` by one rename; False if not ours."""
+    def _claim(self, name: str, st: os.stat_result, troubles: Troubles) -> bool:
+        """Take ``name`` out of the spool into ``.claimed/`` by one rename, durably (the file
+        synced before, both folders after); False if it is not ours (now)."""
         target = self.claimed / name
         if os.path.lexists(target):
             return False  # an earlier claim of that name still waits for its batch
         failpoints.hit("before_claim")
-        ensure_dir(self.claimed)
         try:
+            sync_entry(self.dir / name, st)
             os.rename(self.dir / name, target)
         except FileNotFoundError:
             log.info("spool: %s was taken by someone else before it was claimed", sanitize(name))
             return False
-        fsync_dir(self.dir)
-        fsync_dir(self.claimed)
+        except OSError as e:
+            what = sanitize(name, 200)
+            troubles["claimed"] = cannot_move(
+                "claimed", what, str(self.dir), str(self.claimed), e.strerror or str(e)
+            )
+            return False
+        try:
+            fsync_dir(self.dir)
+            fsync_dir(self.claimed)
+        except OSError as e:  # it stays claimed: a later pass takes it up from .claimed/
+            troubles["claimed"] = (
+                f"{self.claimed}: a claim cannot be made durable: {e.strerror}; batchd tries again"
+            )
+            return False
         failpoints.hit("after_claim")
         return True
 
-    def _finish_claims(self) -> None:
+    def _finish_claims(self, troubles: Troubles) -> Iterator[None]:
         """Turn claimed files into batches: leftovers of a kill, or of a failed batch write."""
         try:
             names = sorted(os.listdir(self.claimed))
-        except FileNotFoundError:
-            return
+            if names:  # a claim cut short may not be durable yet
+                fsync_dir(self.dir)
+                fsync_dir(self.claimed)
+        except OSError:
+            return  # checked a moment ago: looked at again at the next pass
         for name in names:
-            self._accept_claimed(name)
+            self._accept_claimed(name, troubles)
+            yield
 
-    def _accept_claimed(self, name: str) -> None:
+    def _accept_claimed(self, name: str, troubles: Troubles) -> None:
         path = self.claimed / name
         try:
             st = os.lstat(path)
-            why = _kind(st.st_mode)
+            why = entry_kind(st.st_mode)
             if why is not None:
-                raise _Refused(f"{name} {why}")
-            data = self._read(path, st)
-            if len(data) > self.limits.max_file_bytes:
-                raise _Refused(
-                    f"{name}: file is over spool.max_file_bytes ({self.limits.max_file_bytes}); "
-                    "split it into smaller files or raise the limit"
-                )
+                raise Refused(f"{name} {why}")
+            data = read_entry(path, st, self.limits.max_file_bytes)
             parsed = parse_spool_file(name, data, self.limits)
         except FileNotFoundError:
             return
-        except (_Refused, ParseError) as e:
-            self.reject(name, str(e), source=self.claimed)
+        except (Refused, ParseError) as e:
+            self._reject(name, str(e), self.claimed, troubles)
             return
         sha = hashlib.sha256(data).hexdigest()
         self.ingest(Accepted(name=name, path=path, sha256=sha, parsed=parsed))
 
-    def _read(self, path: Path, st: os.stat_result) -> bytes:
-        try:
-            fd = os.open(path, _O_READ)
-        except OSError as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise _Refused(f"{path.name}: cannot be opened: {e.strerror}") from None
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode) or fst.st_ino != st.st_ino:
-                raise _Refused(f"{path.name}: changed into something else while being read")
-            limit = self.limits.max_file_bytes + 1
-            chunks: list[bytes] = []
-            size = 0
-            while size < limit:
-                chunk = os.read(fd, min(limit - size, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-
-    def reject(self, name: str, reason: str, source: Path | None = None) -> None:
-        """Move ``name`` (from the spool, or ``source``) to ``rejected/`` with a ``.error``
-        sidecar, without opening it."""
+    def _reject(self, name: str, reason: str, source: Path, troubles: Troubles) -> None:
+        """Move ``name`` (from ``source``) to ``rejected/`` with a ``.error`` sidecar, without
+        opening it; while ``rejected/`` is in trouble it stays where it is."""
+        if "rejected" in troubles:
+            return
         reason = sanitize(reason)  # a file name or line may carry escapes or newlines
-        rejected = self.dir / REJECTED
-        ensure_dir(rejected)
-        dest = name
-        n = 1
-        while os.path.lexists(rejected / dest) or os.path.lexists(rejected / f"{dest}.error"):
-            dest = f"{name}.{n}"
-            n += 1
-        src = source if source is not None else self.dir
+        dest = free_name(self.rejected, name)
         try:
-            os.rename(src / name, rejected / dest)
+            os.rename(source / name, self.rejected / dest)
         except FileNotFoundError:
             return
         except OSError as e:
-            log.error("spool: cannot move %s to %s: %s", sanitize(name), rejected, e.strerror)
+            what = sanitize(name, 200)
+            troubles["rejected"] = cannot_move(
+                "rejected", what, str(source), str(self.rejected), e.strerror or str(e)
+            )
+            return
+        self._rejected_dirty = True
+        try:
+            write_durable(self.rejected, f"{dest}.error", (reason + "\n").encode())
+            fsync_dir(source)
+        except (OSError, StoreError) as e:
+            log.error("spool: cannot write %s.error: %s", sanitize(dest), e)
+        log.warning("spool: rejected %s (moved to %s/)", reason, self.rejected)
+
+    # --- what status shows ---
+
+    def _refresh_rejected(self, now: float, troubles: Troubles) -> None:
+        """List ``rejected/`` again when it changed (or the last listing may have missed a
+        change): status reads the list from memory."""
+        try:
+            st = lstat_or_none(self.rejected)
+        except OSError:
+            return
+        usable = st is not None and "rejected" not in troubles and "spool" not in troubles
+        sig = (st.st_dev, st.st_ino, st.st_mtime_ns) if st is not None and usable else None
+        if not self._rejected_dirty and not needs_relist(self._rejected_sig, sig, self._listed_at):
             return
         try:
-            write_durable(rejected, f"{dest}.error", (reason + "\n").encode())
-            fsync_dir(src)
-        except OSError as e:
-            log.error("spool: cannot write %s.error: %s", sanitize(dest), e)
-        log.warning("spool: rejected %s (moved to %s/)", reason, rejected)
+            total, items = list_rejected(self.rejected) if sig is not None else (0, [])
+        except OSError:
+            return
+        self._rejected_sig, self._listed_at, self._rejected_dirty = sig, now, False
+        if (total, items) != (self.report.rejected_total, self.report.rejected):
+            self.report.rejected_total, self.report.rejected = total, items
+            self.on_change(trouble_message(troubles))
+
+    def _set_troubles(self, troubles: Troubles) -> None:
+        """Log what went wrong (once) and what is usable again; tell ``on_change``."""
+        if troubles == self.troubles:
+            return
+        for role, text in troubles.items():
+            if self.troubles.get(role) != text:
+                log.error("spool: %s", text)
+        for role in self.troubles.keys() - troubles.keys():
+            log.info("spool: the trouble with the %s folder is over", role)
+        self.troubles = troubles
+        self.on_change(trouble_message(troubles))
 
     # --- watching ---
 
     async def run(self, stop: anyio.Event) -> None:
-        """Scan now, then after every change set and whenever a settle time ends."""
+        """Look now, then after every change set, at every settle deadline, every
+        ``TROUBLE_RETRY_S`` while in trouble, and at least every ``IDLE_LOOK_S``."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, stop)
+            tg.start_soon(self.watch.run, stop)
+            tg.start_soon(self._wake_at, stop)
             while not stop.is_set():
                 poke = self._poke
-                try:
-                    due = self.scan()
-                except OSError as e:
-                    log.error("spool: cannot scan %s: %s; trying again in 5 s", self.dir, e)
-                    due = time.time() + 5
-                timeout = max(0.0, due - time.time()) if due is not None else None
-                with anyio.move_on_after(timeout if timeout is not None else float("inf")):
-                    async with anyio.create_task_group() as waiters:
-
-                        async def on_stop() -> None:
-                            await stop.wait()
-                            waiters.cancel_scope.cancel()
-
-                        waiters.start_soon(on_stop)
-                        await poke.wait()
-                        waiters.cancel_scope.cancel()
+                due = await self._scan_yielding()
+                await self.clock.sleep_until(
+                    next_look(due, self.clock.now(), bool(self.troubles)), poke
+                )
             tg.cancel_scope.cancel()
+
+    async def _wake_at(self, stop: anyio.Event) -> None:
+        await stop.wait()
+        self.poke()
+        self.watch.halt()
 
     def poke(self) -> None:
         self._poke.set()
         self._poke = anyio.Event()
-
-    async def _watch(self, stop: anyio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                ensure_dir(self.dir)
-            try:
-                async for _changes in awatch(
-                    self.dir,
-                    watch_filter=None,
-                    recursive=False,
-                    stop_event=stop,
-                    step=WATCH_STEP_MS,
-                    debounce=1000,
-                    rust_timeout=1000,
-                ):
-                    self.poke()
-                    if not self.dir.is_dir():
-                        break  # deleted: awatch would see nothing more; start again
-            except (FileNotFoundError, RuntimeError) as e:
-                log.warning("spool: watching %s failed (%s); retrying", self.dir, e)
-            if not stop.is_set():
-                self.poke()
-                with anyio.move_on_after(1.0):
-                    await stop.wait()
-
-
-class _Refused(Exception):
-    pass

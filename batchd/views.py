@@ -89,6 +89,8 @@ def status(engine: Reader) -> shapes.Status:
             "socket": str(p.socket),
         },
         "limit_waits": limit_waits(engine),
+        "rejected": engine.live.spool_report.rejected,
+        "rejected_total": engine.live.spool_report.rejected_total,
     }
 
 
