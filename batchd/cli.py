@@ -116,61 +116,86 @@ def _directory(key: str, path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     command = args.command or "run"
     if command == "install-service":
-        from batchd.systemd import install_service
-
-        sys.exit(
-            install_service(
-                socket_activation=args.socket_activation, force=args.force, config=args.config
-            )
-        )
-
-    from batchd.config import load_config
-    from batchd.paths import ConfigError
-
-    def load() -> Config:
-        return load_config(
-            os.environ,
-            config=args.config,
-            spool=args.spool,
-            state_dir=args.state_dir,
-            socket=args.socket,
-            runner=args.runner,
-        )
-
-    try:
-        cfg = load()
-    except ConfigError as e:
-        print(f"batchd: bad configuration: {e}", file=sys.stderr)
-        sys.exit(EX_CONFIG)
-
+        sys.exit(_install_service(args))
+    cfg = _load_or_exit(args)
     if command == "check-config":
-        found = config_problems(cfg, os.environ)
-        for problem in found:
-            print(f"batchd: bad configuration: {problem}", file=sys.stderr)
-        if found:
-            sys.exit(EX_CONFIG)
-        where = cfg.paths.config if cfg.paths.config.exists() else "defaults (no config file)"
-        print(f"configuration OK: {where}")
-        sys.exit(0)
-
+        sys.exit(_check_config(cfg))
     if command == "paths":
-        p = cfg.paths
-        print(f"config     {p.config}{'' if p.config.exists() else '  (absent: defaults)'}")
-        print(f"spool_dir  {p.spool_dir}")
-        print(f"rejected   {p.spool_dir / 'rejected'}")
-        print(f"state_dir  {p.state_dir}")
-        print(f"batches    {p.state_dir / 'batches'}")
-        print(f"socket     {p.socket}")
-        print(f"runner     {cfg.runner.command}")
-        sys.exit(0)
+        sys.exit(_print_paths(cfg))
 
     from batchd import daemon, systemd
 
     systemd.setup_logging(getattr(logging, args.log_level.upper()))
-    sys.exit(daemon.run(cfg, args.backend, load))
+    sys.exit(daemon.run(cfg, args.backend, lambda: _load(args)))
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; a mistyped option or command is named (exit 2)."""
+    from batchd.mistyped import mistyped
+
+    parser = _parser()
+    wrong = mistyped(parser, argv)
+    if wrong is not None:
+        wrong[0].error(wrong[1])
+    return parser.parse_args(argv)
+
+
+def _install_service(args: argparse.Namespace) -> int:
+    from batchd.systemd import install_service
+
+    return install_service(
+        socket_activation=args.socket_activation, force=args.force, config=args.config
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The config, from the file, the environment and the flags (``ConfigError`` if bad)."""
+    from batchd.config import load_config
+
+    return load_config(
+        os.environ,
+        config=args.config,
+        spool=args.spool,
+        state_dir=args.state_dir,
+        socket=args.socket,
+        runner=args.runner,
+    )
+
+
+def _load_or_exit(args: argparse.Namespace) -> Config:
+    from batchd.paths import ConfigError
+
+    try:
+        return _load(args)
+    except ConfigError as e:
+        print(f"batchd: bad configuration: {e}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+
+
+def _check_config(cfg: Config) -> int:
+    found = config_problems(cfg, os.environ)
+    for problem in found:
+        print(f"batchd: bad configuration: {problem}", file=sys.stderr)
+    if found:
+        return EX_CONFIG
+    where = cfg.paths.config if cfg.paths.config.exists() else "defaults (no config file)"
+    print(f"configuration OK: {where}")
+    return 0
+
+
+def _print_paths(cfg: Config) -> int:
+    p = cfg.paths
+    print(f"config     {p.config}{'' if p.config.exists() else '  (absent: defaults)'}")
+    print(f"spool_dir  {p.spool_dir}")
+    print(f"rejected   {p.spool_dir / 'rejected'}")
+    print(f"state_dir  {p.state_dir}")
+    print(f"batches    {p.state_dir / 'batches'}")
+    print(f"socket     {p.socket}")
+    print(f"runner     {cfg.runner.command}")
+    return 0
 
 
 if __name__ == "__main__":
