@@ -54,8 +54,8 @@ function __batchctl_state  # the command, the positional number, a pending value
         end
         set i (math $i + 1)
     end
-    if test $i -gt (math (count $tokens) + 1)
-        set value ''  # the value was given already
+    if test $i -le (math (count $tokens) + 1)
+        set value ''  # the value was given already (only an option last on the line waits)
     end
     echo $cmd
     echo $npos
@@ -129,8 +129,8 @@ def fish_option(a: Arg, condition: str) -> str:
     parts = [f"complete -c batchctl -n {fish_quote(condition)}"]
     for n in a.names:
         parts.append(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}")
-    if a.takes_value:
-        parts.append("-r")
+    if a.takes_value:  # a value that is no file name: no file names offered (-x, not -r)
+        parts.append("-r" if a.complete == "file" else "-x")
     parts.append(f"-d {fish_quote(a.kw.get('help', ''))}")
     return " ".join(parts)
 

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 
 from batchctl import issues, render, render_batches, render_status
 from batchd import shapes
-from batchd.model import parse_iso
+from batchd.model import UserState, parse_iso
 from batchd.parse import Limits, parse_spool_file
+from batchd.store import Store, encode
 
 BATCHCTL = [sys.executable, "-m", "batchctl"]
 GOOD_ID = "batch-20261124-050653-123456"
@@ -717,6 +718,30 @@ def test_consent_without_daemon_writes_user_state(local: Local) -> None:
     assert local.ctl("consent", "--disable").returncode == 0
     assert local.user_state()["batch_retry_enabled"] is False
     assert [p.name for p in local.state.iterdir()] == ["user_state.json"]  # no temp left
+    # One encoding: the daemon's own model and encoder, byte for byte.
+    saved = Store(local.state).load_user()
+    assert saved.batch_retry_enabled is False
+    assert path.read_bytes() == encode(
+        UserState(batch_retry_enabled=False, updated_at=saved.updated_at)
+    )
+
+
+def test_wait_counts_what_the_spool_would_read(tmp_path: Path) -> None:
+    """A submitted batch is pending while a name the daemon reads is in the spool, or anything
+    in its claimed folder; ignored names (dot files, partial writes, backups, rejected/) not."""
+    from batchctl.wait import spool_pending
+
+    spool = tmp_path / "spool"
+    assert not spool_pending(spool)  # no spool yet
+    spool.mkdir()
+    for name in (".x.tmp", "a.part", "b~", "c.tmp", ".batchd.lock", "rejected", ".claimed"):
+        (spool / name).mkdir() if name in ("rejected", ".claimed") else (spool / name).touch()
+    assert not spool_pending(spool)
+    (spool / ".claimed" / "todo.txt").touch()
+    assert spool_pending(spool)
+    (spool / ".claimed" / "todo.txt").unlink()
+    (spool / "todo.txt").touch()
+    assert spool_pending(spool)
 
 
 def test_consent_without_flag_or_terminal_prints_the_setting(local: Local) -> None:
