@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import time
 
+from batchctl.errors import EXIT_OK
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
 
 if TYPE_CHECKING:
@@ -199,7 +201,7 @@ def reply(args: Namespace, result: object, text: str) -> int:
         emit_json(result)
     else:
         print(text)
-    return 0
+    return EXIT_OK
 
 
 def paused(r: shapes.Paused) -> str:

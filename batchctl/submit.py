@@ -53,40 +53,57 @@ if TYPE_CHECKING:
 
 
 def submit(args: Namespace) -> int:
+    """``submit FILE`` (``-``: standard input) or ``submit --issues N...``."""
     if (args.file is None) == (args.issues is None):
         raise usage("submit needs FILE (or - for stdin) or --issues N [N ...]")
     if args.file is not None and args.repo is not None:
         raise usage("--repo goes with --issues")
     issues.check_repo(args.repo)
-    if args.file is not None:
-        cfg = load_config(args)
-        req, stem = file_request(args, cfg)
-        return queue(args, cfg, req, stem, "submit")
+    if args.file is None:
+        return submit_issues(args)
+    command_line_choices(args, isolated=True)  # a bad --verify: exit 2 before the file is read
+    cfg = load_config(args)
+    req, stem = file_request(args, cfg)
+    return queue(args, cfg, req, (stem, "submit"))
+
+
+def submit_issues(args: Namespace) -> int:
+    """``submit --issues``: every title fetched with gh, or nothing queued."""
     numbers = issues.issue_numbers(args.issues)
     choices = command_line_choices(args)
     cfg = load_config(args)
     check_runner(choices, cfg)
     cwd = cwd_of(args)
+    running = daemon_watches(cfg)  # before gh runs: a wrong spool is refused at once
     features, name = issues.issues_request(numbers, args.repo)  # all or nothing: no write yet
     req = request(features, cwd, name, choices, source_type="github_issues", issue_numbers=numbers)
-    return queue(args, cfg, req, "issues", "submit --issues")
+    return queue(args, cfg, req, ("issues", "submit --issues"), running)
 
 
 def add(args: Namespace) -> int:
     """One batch from the command line, one feature per argument."""
     choices = command_line_choices(args)  # usage errors first
     cfg = load_config(args)
-    return queue(args, cfg, add_request(args, cfg, choices), "add", "add")
+    return queue(args, cfg, add_request(args, cfg, choices), ("add", "add"))
 
 
-def queue(args: Namespace, cfg: Config, req: dict[str, Any], stem: str, label: str) -> int:
-    """Check ``req`` with the daemon's parser and against the running daemon's spool, ask
-    consent once, write it, report. ``label`` names the request in an error."""
+def queue(
+    args: Namespace,
+    cfg: Config,
+    req: dict[str, Any],
+    names: tuple[str, str],
+    running: bool | None = None,
+) -> int:
+    """Check ``req`` with the daemon's parser and against the running daemon's spool (unless
+    ``running`` says it was), ask consent once, write it, report. ``names``: the stem of the
+    spool file, and what an error calls the request."""
     from batchctl.consent import maybe_ask_consent
 
+    stem, label = names
     body = json.dumps(req, ensure_ascii=False).encode()
     features = check(label, body, spool_limits(cfg))
-    running = daemon_watches(cfg)
+    if running is None:
+        running = daemon_watches(cfg)
     maybe_ask_consent(cfg)
     written = write_request(cfg.paths.spool_dir, stem, body)
     if running:

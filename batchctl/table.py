@@ -7,10 +7,13 @@ the control commands it sends. The parser (``cli``) and the shell completion
 scripts (``completion``) are both built from it, and the wire commands it sends
 are checked against ``protocol.COMMANDS`` below.
 
-A leaf: it imports only ``batchd.protocol``; it never runs or prints anything.
+A leaf: it imports only ``batchd.protocol`` (and ``argparse``'s ``SUPPRESS``, loaded
+anyway); it never runs or prints anything.
 """
 
 from __future__ import annotations
+
+from argparse import SUPPRESS
 
 from batchd.protocol import COMMANDS
 
@@ -20,8 +23,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-# ``help`` of an option that exists for the completion scripts only (argparse.SUPPRESS).
-HIDDEN = "==SUPPRESS=="
+# ``help`` of an option that exists for the completion scripts only (argparse compares by
+# identity: it must be this very object).
+HIDDEN = SUPPRESS
 
 
 class Arg:
@@ -46,7 +50,7 @@ class Arg:
 
     @property
     def hidden(self) -> bool:
-        return self.kw.get("help") == HIDDEN
+        return self.kw.get("help") is HIDDEN
 
 
 class OneOf:

@@ -194,6 +194,7 @@ def test_bash_completes_runner_with_the_configs_profiles(d: Daemon, tmp_path: Pa
     assert complete("batchctl submit f.txt --runner c") == "codex"
     assert complete(f"batchctl --config {other} add --runner ") == "default slow"
     assert "--runner-names" not in complete("batchctl completion --")
+    assert "--runner-names" not in d.ctl("completion", "--help").stdout
     assert "--worktree" in complete("batchctl add --w").split()
 
 

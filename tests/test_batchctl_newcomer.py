@@ -45,22 +45,29 @@ def test_a_spool_the_running_daemon_does_not_watch_is_refused(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     """add/submit into another spool than the running daemon's exit 1 naming both folders and
-    queue nothing (by --spool and by BATCHD_SPOOL_DIR); the same spool by another path (through
+    queue nothing (by --spool and by BATCHD_SPOOL_DIR; --issues before gh runs); the same spool by another path (through
     a symlinked parent) is the daemon's spool, and its batch runs."""
     d = make_daemon()
     d.start()
     other = tmp_path / "other-spool"
     todo = tmp_path / "todo.txt"
     todo.write_text("from a file\n")
+    gh = tmp_path / "bin" / "gh"  # a gh that leaves a trace: --issues asks nothing of it
+    gh.parent.mkdir()
+    gh.write_text(f"#!/bin/sh\ntouch {tmp_path / 'gh-ran'}\n")
+    gh.chmod(0o755)
+    path = f"{gh.parent}:{d.env['PATH']}"
     for out in (
         ctl(d, "--spool", str(other), "add", "one"),
         ctl(d, "submit", str(todo), "--spool", str(other)),
         ctl(d, "add", "one", BATCHD_SPOOL_DIR=str(other)),
+        ctl(d, "--spool", str(other), "submit", "--issues", "7", PATH=path),
     ):
         assert out.returncode == 1, out
         assert f"watches the spool {d.spool}, not {other}" in out.stderr
         assert "--spool" in out.stderr and out.stdout == ""
     assert files_in(other) == [] and d.batch_states() == []
+    assert not (tmp_path / "gh-ran").exists()
     assert json.loads(ctl(d, "--json", "--spool", str(other), "add", "x").stdout)["error"][
         "code"
     ] == ("wrong_spool")
