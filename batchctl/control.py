@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from batchctl import render, render_batches, render_status
+from batchctl import render, render_status
 from batchctl.errors import EXIT_OK, usage
 from batchctl.options import batch_ref, socket_path
 from batchctl.render import reply
@@ -36,6 +36,8 @@ def status(args: Namespace) -> int:
 
 
 def list_(args: Namespace) -> int:
+    from batchctl import render_batches  # not loaded by status: each read loads what it prints
+
     result: shapes.BatchList = call(socket_path(args), "list")
     if args.ids and not args.json:
         text = render_batches.format_ids(result["batches"])
@@ -50,6 +52,8 @@ def list_(args: Namespace) -> int:
 
 
 def show(args: Namespace) -> int:
+    from batchctl import render_batches
+
     ref = batch_ref(args.batch_id)
     result: shapes.Show = call(socket_path(args), "show", {"batch_id": ref})
     if args.json:

@@ -608,7 +608,6 @@ READ = {  # ... and what a read command adds: its module, the wire, the text
     "batchctl.control",
     "batchctl.options",
     "batchctl.render",
-    "batchctl.render_batches",
     "batchctl.render_status",
     "batchctl.transport",
     "batchd.paths",
