@@ -1,34 +1,28 @@
-"""batchctl: the thin client of batchd (SPEC section 8). The command table and ``main``.
+"""batchctl's ``main``: the parser made from the command table, and the end of every run.
 
-Every command is one row of ``TABLE``: its name, its help, its arguments, the
-function that runs it (``commands``) and the control commands it sends. The
-argument parser and the shell completion scripts are both built from it, and
-the wire commands it sends are checked against ``protocol.COMMANDS`` below.
+The commands, their arguments and their handlers are rows of ``table.TABLE``;
+this module builds the argparse parser from them, names a mistyped option or
+command (``batchd.mistyped``), loads the one module whose handler runs, and
+turns its result or ``Failure`` into the exit code (``errors``). With
+``--json`` every error is ``{"error": {"code", "message"}}`` on stdout.
 
 batchctl must start about as fast as Python itself: this module and those it
-loads at start-up (``commands``, ``transport``, ``render``, ``batchd.protocol``,
-``batchd.paths``) import only ``argparse``, ``json``, ``socket`` and what those
-import. Only ``submit``, ``add`` and ``consent`` load the daemon's config,
-parser and store, lazily. Types of replies come from ``batchd.shapes``, imported
-for type checking only.
-
-Exit codes: 0 success, 1 refused or failed, 2 usage, 3 daemon not reachable,
-4 ``wait --timeout`` passed, 130 interrupted (``watch`` and ``logs --follow``
-exit 0 on Ctrl-C). With ``--json`` every error is ``{"error": {"code",
-"message"}}`` on stdout.
+loads at start-up (``table``, ``errors``, ``batchd.protocol``) import only
+``argparse``; a read command then adds ``json``, ``socket`` and its own
+module. Only ``submit``, ``add``, ``consent`` and the completion of
+``--runner`` load the daemon's config, parser and store, lazily.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from batchctl import commands
-from batchctl.transport import E_USAGE, EXIT_INTERRUPTED, EXIT_USAGE, Failure
+from batchctl.errors import E_USAGE, EXIT_INTERRUPTED, EXIT_USAGE, Failure
+from batchctl.table import BY_NAME, GLOBAL_DEFAULTS, GLOBAL_OPTIONS, TABLE, Arg, OneOf
 from batchd import __version__
-from batchd.protocol import COMMANDS
+from batchd.mistyped import mistyped
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
 
@@ -39,229 +33,6 @@ argparse._ = lambda text: text  # type: ignore[attr-defined]
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, NoReturn
-
-    Handler = Callable[[argparse.Namespace], int]
-
-
-class Arg:
-    """One ``add_argument``: its name or flags, its keywords, and what completes its value
-    in a shell (``batch``: batch ids from the daemon, ``file``, ``dir``, or nothing)."""
-
-    __slots__ = ("complete", "kw", "names")
-
-    def __init__(self, *names: str, complete: str = "", **kw: Any) -> None:
-        self.names = names
-        self.complete = complete
-        self.kw = kw
-
-    @property
-    def positional(self) -> bool:
-        return not self.names[0].startswith("-")
-
-    @property
-    def takes_value(self) -> bool:
-        return self.kw.get("action") not in ("store_true", "store_false", "version", "help")
-
-
-class OneOf:
-    """Arguments of which at most one may be given (a mutually exclusive group)."""
-
-    __slots__ = ("args",)
-
-    def __init__(self, *args: Arg) -> None:
-        self.args = args
-
-
-class Command:
-    """A row of the command table."""
-
-    __slots__ = ("args", "handler", "help", "name", "sends")
-
-    def __init__(
-        self,
-        name: str,
-        help: str,
-        handler: Handler,
-        args: Sequence[Arg | OneOf] = (),
-        sends: Sequence[str] = (),
-    ) -> None:
-        self.name = name
-        self.help = help
-        self.handler = handler
-        self.args = tuple(args)
-        self.sends = tuple(sends)  # the control commands it may send (protocol.COMMANDS)
-
-    def flat_args(self) -> list[Arg]:
-        return [
-            a for item in self.args for a in (item.args if isinstance(item, OneOf) else (item,))
-        ]
-
-
-def batch_arg(nargs: str | None = None) -> Arg:
-    kw: dict[str, Any] = {"metavar": "BATCH_ID", "help": "a batch id, its seq (7) or 'last'"}
-    if nargs is not None:
-        kw["nargs"] = nargs
-    return Arg("batch_ids" if nargs == "*" else "batch_id", complete="batch", **kw)
-
-
-def flag(name: str, help: str, *more: str) -> Arg:
-    return Arg(name, *more, action="store_true", help=help)
-
-
-CWD = Arg("--cwd", metavar="DIR", complete="dir", help="run the features there (default: here)")
-
-TABLE: tuple[Command, ...] = (
-    Command(
-        "status",
-        "the daemon, the queue, what runs, and the batches (the default command)",
-        commands.status,
-        sends=["status"],
-    ),
-    Command(
-        "list",
-        "every batch",
-        commands.list_,
-        [flag("--ids", "one SEQ<tab>BATCH_ID<tab>STATUS<tab>NAME line per batch")],
-        ["list"],
-    ),
-    Command("show", "one batch, feature by feature", commands.show, [batch_arg()], ["show"]),
-    Command("ping", "check that the daemon answers", commands.ping, sends=["ping"]),
-    Command(
-        "submit",
-        "queue a feature file (- reads stdin) or GitHub issues; no daemon needed",
-        commands.submit,
-        [
-            Arg("file", nargs="?", metavar="FILE", complete="file", help="a feature file, or -"),
-            Arg("--issues", nargs="+", type=int, metavar="N", help="GitHub issue numbers"),
-            Arg("--repo", metavar="OWNER/NAME", help="with --issues: passed to gh"),
-            CWD,
-        ],
-        ["ping"],
-    ),
-    Command(
-        "add",
-        "queue one batch from the command line, one feature per argument",
-        commands.add,
-        [
-            Arg("features", nargs="+", metavar="FEATURE", help="a feature (quote it)"),
-            CWD,
-            Arg("--name", metavar="TEXT", help="the batch's name (default: its first feature)"),
-        ],
-        ["ping"],
-    ),
-    Command(
-        "pause",
-        "pause a batch, or with no BATCH_ID the whole queue",
-        commands.pause,
-        [batch_arg("?"), flag("--now", "also stop what runs (it runs again on resume)")],
-        ["pause"],
-    ),
-    Command(
-        "resume",
-        "resume a batch, or --all (also lifts a queue pause)",
-        commands.resume,
-        [batch_arg("?"), flag("--all", "every paused batch and the queue")],
-        ["resume"],
-    ),
-    Command("cancel", "cancel a batch", commands.cancel, [batch_arg()], ["cancel"]),
-    Command(
-        "retry", "run a batch's failed features again", commands.retry, [batch_arg()], ["retry"]
-    ),
-    Command(
-        "skip",
-        "never run one feature (a running one is stopped); recorded as skipped",
-        commands.skip,
-        [batch_arg(), Arg("index", type=int, metavar="INDEX", help="feature index, from 0")],
-        ["skip"],
-    ),
-    Command(
-        "reset-breaker",
-        "close a batch's circuit breaker",
-        commands.reset_breaker,
-        [batch_arg()],
-        ["reset-breaker"],
-    ),
-    Command(
-        "logs",
-        "a feature's runner output",
-        commands.logs,
-        [
-            batch_arg(),
-            Arg("index", nargs="?", type=int, metavar="INDEX", help="default: the latest"),
-            flag("--follow", "stream until the feature ends (waits for it to start)", "-f"),
-            Arg("-n", "--lines", dest="lines", type=int, metavar="LINES", help="the last LINES"),
-            flag("--all", "every attempt, each under a header"),
-        ],
-        ["logs"],
-    ),
-    Command("watch", "live progress until Ctrl-C", commands.watch, sends=["watch"]),
-    Command(
-        "wait",
-        "until batches finish (none given: every unfinished one); exit 0, 1 or 4",
-        commands.wait,
-        [
-            batch_arg("*"),
-            Arg("--timeout", type=float, metavar="S", help="give up after S seconds (exit 4)"),
-        ],
-        ["watch", "status", "show"],
-    ),
-    Command(
-        "consent",
-        "turn automatic retry on or off (asks on a terminal)",
-        commands.consent,
-        [OneOf(flag("--enable", "turn it on"), flag("--disable", "turn it off"))],
-        ["consent"],
-    ),
-    Command(
-        "prune",
-        "delete finished batches",
-        commands.prune,
-        [
-            Arg(
-                "--older-than",
-                dest="older_than",
-                type=int,
-                default=30,
-                metavar="DAYS",
-                help="age in days (default 30)",
-            ),
-            Arg("--dry-run", dest="dry_run", action="store_true", help="only list them"),
-        ],
-        ["prune"],
-    ),
-    Command(
-        "reload",
-        "make the daemon re-read its config (exit 1 with the error if it is bad)",
-        commands.reload,
-        sends=["reload"],
-    ),
-    Command(
-        "completion",
-        "print a shell completion script",
-        commands.completion,
-        [Arg("shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish")],
-    ),
-)
-
-# Options every command takes, before or after its name.
-GLOBAL_OPTIONS = (
-    flag("--json", "print the daemon's result (and any error) as JSON"),
-    Arg("--socket", metavar="PATH", complete="file", help="control socket"),
-    Arg("--config", metavar="PATH", complete="file", help="config file"),
-    Arg("--spool", metavar="DIR", complete="dir", help="spool dir (submit, add, wait)"),
-    Arg(
-        "--state-dir",
-        dest="state_dir",
-        metavar="DIR",
-        complete="dir",
-        help="state dir (consent without a daemon)",
-    ),
-)
-GLOBAL_DEFAULTS = {"json": False, "socket": None, "config": None, "spool": None, "state_dir": None}
-
-BY_NAME = {c.name: c for c in TABLE}
-_sent = {cmd for c in TABLE for cmd in c.sends}
-assert _sent == set(COMMANDS), f"batchctl and protocol.COMMANDS disagree: {_sent ^ set(COMMANDS)}"
 
 
 class UsageError(Failure):
@@ -349,9 +120,33 @@ def build_parser(argv: Sequence[str] | None = None) -> Parser:
     return p
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line, with every global option set; ``UsageError`` (exit 2)
+    for a bad one, naming a mistyped option or command and what was probably meant."""
+    parser = build_parser(argv)
+    wrong = mistyped(parser, argv)
+    if wrong is not None:
+        wrong[0].error(wrong[1])
+    args = parser.parse_args(argv)
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def handler(command: str) -> Callable[[argparse.Namespace], int]:
+    """The function that runs ``command``, its module loaded now (``module.function``)."""
+    module, _, function = BY_NAME[command].handler.rpartition(".")
+    loaded = __import__(f"batchctl.{module}", fromlist=[function])
+    run: Callable[[argparse.Namespace], int] = getattr(loaded, function)
+    return run
+
+
 def report(e: Failure, as_json: bool) -> None:
     """An error: ``{"error": {...}}`` on stdout with --json, else ``batchctl: ...`` on stderr."""
     if as_json:
+        import json
+
         print(json.dumps({"error": {"code": e.code, "message": e.message}}, ensure_ascii=False))
         return
     if isinstance(e, UsageError):
@@ -365,12 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     as_json = "--json" in argv
     try:
-        args = build_parser(argv).parse_args(argv)
-        for name, default in GLOBAL_DEFAULTS.items():
-            if not hasattr(args, name):
-                setattr(args, name, default)
+        args = parse(argv)
         as_json = args.json
-        code = BY_NAME[args.command or "status"].handler(args)
+        code = handler(args.command or "status")(args)
         sys.stdout.flush()
     except Failure as e:
         sys.stdout.flush()

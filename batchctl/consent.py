@@ -2,9 +2,11 @@
 
 The setting is saved through the daemon when it runs (it reloads it), else
 written into ``state_dir/user_state.json`` (0600 in a 0700 directory, atomic,
-durable; a symlink there is refused). On a terminal, with no flag, it explains
-retries with the configured limits and asks; Enter means no. Loaded only when
-``consent`` or ``submit`` runs.
+durable; a symlink there is refused), encoded as the daemon encodes it
+(``model.UserState`` through the store's encoder). On a terminal, with no
+flag, it explains retries with the configured limits and asks; Enter means no.
+Loaded only when ``consent`` or ``submit`` runs (``submit`` imports this
+module; this module never imports ``submit``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import os
 import sys
 import time
 
-from batchctl.commands import path_options
-from batchctl.transport import E_CONFIG, EXIT_DOWN, EXIT_FAIL, EXIT_OK, Failure, call, die
-from batchd.paths import ConfigError, Paths, load_paths
+from batchctl.errors import EXIT_DOWN, EXIT_OK, Failure, die
+from batchctl.options import load_config, load_paths
+from batchctl.transport import call
 
 TYPE_CHECKING = False
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
     from batchd import shapes
     from batchd.config import Config
+    from batchd.paths import Paths
 
 CONSENT_TEXT = """\
 Automatic retry
@@ -52,24 +55,25 @@ def user_state_path(paths: Paths) -> Path:
 
 def current_consent(paths: Paths) -> tuple[bool | None, str]:
     """The setting batchctl can see, and where it comes from (environment, then the file)."""
+    from batchd.model import UserState
     from batchd.policy import parse_consent
-    from batchd.store import read_nofollow
+    from batchd.store import decode_file
 
     env = parse_consent(os.environ.get("BATCH_RETRY_ENABLED"))
     if env is not None:
         return env, "BATCH_RETRY_ENABLED in this environment"
     path = user_state_path(paths)
     try:
-        value = json.loads(read_nofollow(path, 1 << 20)).get("batch_retry_enabled")
+        value = decode_file(path, UserState).batch_retry_enabled
     except FileNotFoundError:
         return None, "nothing saved yet"
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError) as e:  # msgspec.DecodeError is a ValueError
         print(
             f"batchctl: warning: cannot read {path}: {getattr(e, 'strerror', None) or e}",
             file=sys.stderr,
         )
         return None, f"{path} is unreadable"
-    return (value, f"saved in {path}") if isinstance(value, bool) else (None, "nothing saved yet")
+    return (value, f"saved in {path}") if value is not None else (None, "nothing saved yet")
 
 
 def save_consent(paths: Paths, enabled: bool) -> str:
@@ -80,11 +84,10 @@ def save_consent(paths: Paths, enabled: bool) -> str:
     except Failure as e:
         if e.exit != EXIT_DOWN:
             raise
-    from batchd.store import StoreError, ensure_dir, write_durable
+    from batchd.model import UserState, utc_iso
+    from batchd.store import StoreError, encode, ensure_dir, write_durable
 
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    body = json.dumps({"batch_retry_enabled": enabled, "updated_at": stamp}).encode()
+    body = encode(UserState(batch_retry_enabled=enabled, updated_at=utc_iso(time.time())))
     try:
         ensure_dir(paths.state_dir)
         write_durable(paths.state_dir, "user_state.json", body)
@@ -118,20 +121,15 @@ def maybe_ask_consent(cfg: Config) -> None:
 
 
 def config_for_question(args: Namespace) -> Config | None:
-    from batchctl.submit import load_full_config
-
     try:
-        return load_full_config(args)
+        return load_config(args)
     except Failure as e:
         print(f"batchctl: warning: {e.message}; showing the default limits", file=sys.stderr)
         return None
 
 
 def consent(args: Namespace) -> int:
-    try:
-        paths, _raw = load_paths(os.environ, **path_options(args))
-    except ConfigError as e:
-        die(str(e), EXIT_FAIL, E_CONFIG)
+    paths = load_paths(args)
     if args.enable or args.disable:
         enabled = bool(args.enable)
     elif sys.stdin.isatty():

@@ -1,22 +1,27 @@
-"""Everything batchctl prints for people: status, list, show, watch lines, command replies.
+"""What batchctl prints for people, the pieces: time, text, numbers, and command replies.
 
-Pure functions from ``batchd.shapes`` replies (and ``now``) to text; nothing here
-talks to the daemon or reads a file. Daemon text is made safe for a terminal
-(``printable``) before it is shown. Human text counts features from 1
-("feature 3/4"); the 0-based index that ``skip`` and ``logs`` take is shown as
-"index 2". ``status`` fits 80 columns; ``list`` and ``show`` use the terminal's
-width. Standard library only, and nothing at import beyond what a read command
+Pure functions from values (and ``now``) to text; nothing here talks to the
+daemon or reads a file. ``reply`` and ``emit_json`` are the one place a
+command's result is printed (JSON with ``--json``, else text for people).
+Daemon text is made safe for a terminal (``printable``) before it is shown.
+Human text counts features from 1 ("feature 3/4"); the 0-based index that
+``skip`` and ``logs`` take is shown as "index 2". The screens are built from
+these pieces in ``render_status`` (status, watch) and ``render_batches`` (list,
+show). Standard library only, and nothing at import beyond what a read command
 already loaded (``shutil`` is argparse's, ``textwrap`` is imported when needed).
 """
 
 from __future__ import annotations
 
+import json
 import time
+
+from batchctl.errors import EXIT_OK
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
 
 if TYPE_CHECKING:
-    from typing import Any
+    from argparse import Namespace
 
     from batchd import shapes
 
@@ -130,86 +135,37 @@ def money(value: float) -> str:
     return f"${value:.2f}" if value >= 0.01 else f"${value:.4f}"
 
 
-def tokens(value: int) -> str:
+def tokens(value: int, estimated: bool = False) -> str:
+    """A token count; ``~N`` when it was estimated (output bytes / 4), not reported."""
     if not value:
         return "-"
-    return str(value) if value < 10_000 else f"{value / 1000:.0f}k"
+    shown = str(value) if value < 10_000 else f"{value / 1000:.0f}k"
+    return "~" + shown if estimated else shown
 
 
-def feature_label(index: int, total: int) -> str:
-    """``feature 3/4 (index 2)``: the position people count and the index commands take."""
-    return f"feature {index + 1}/{total} (index {index})"
-
-
-# --- status ----------------------------------------------------------------------------
-
-
-def format_status(st: shapes.Status, now: float) -> str:
-    d = st["daemon"]
-    out = [
-        f"batchd {d['version']}, pid {d['pid']}, {d['backend']}, {d['engine']} engine, "
-        f"up {human_duration(d['uptime_s'])}"
-    ]
-    slots = f", {plural(st['slots'], 'slot')}" if st["slots"] > 1 else ""
-    if st["queue_paused"]:
-        reason = st["pause_reason"] or "no reason given"
-        out += wrap(reason, f"queue: PAUSED{slots}: ", max_lines=8)
-        if "resume" not in reason:
-            out.append("    resume it with `batchctl resume --all`")
+def money_column(parts: list[float], total: float) -> tuple[list[str], str]:
+    """Costs shown in one column with their total, so that the parts shown add up to the
+    total shown: one precision for all (cents; hundredths of a cent when a cost under a
+    cent is there), the parts rounded by the largest remainder. Parts that do not add up
+    to ``total`` (a history cut short) are each rounded on their own."""
+    small = any(0 < x < 0.01 for x in (*parts, total))
+    digits = 4 if small else 2
+    units = 10**digits
+    target = round(total * units)
+    raw = [x * units for x in parts]
+    shown = [int(x) for x in raw]  # floors: costs are never negative
+    short = target - sum(shown)
+    if 0 <= short <= len(raw):
+        by_remainder = sorted(range(len(raw)), key=lambda i: shown[i] - raw[i])
+        for i in by_remainder[:short]:
+            shown[i] += 1
     else:
-        out.append(f"queue: running{slots}")
-    if st["retry_enabled"]:
-        out.append("automatic retry: on")
-    else:
-        out.append("automatic retry: off (`batchctl consent` turns it on)")
-    for p in st["problems"]:
-        where = f" [{p['batch_id']}]" if p["batch_id"] else ""
-        out += wrap(p["message"], f"problem: {p['kind']}{where}: ")
-    out += running_lines(st, now)
-    batches = st["batches"]
-    if not batches:
-        out.append("no batches (`batchctl add FEATURE...`, `batchctl submit FILE`, or the spool)")
-        return "\n".join(out)
-    out.append("")
-    out += batch_table(batches, now)
-    shown = sum(1 for b in batches if b["status"] in FINISHED)
-    if st["finished_total"] > shown:
-        out.append(
-            f"{shown} of {st['finished_total']} finished batches shown; `batchctl list` has all"
-        )
-    if st["total_cost_usd"]:
-        out.append(f"total cost: {money(st['total_cost_usd'])}")
-    return "\n".join(out)
+        shown = [round(x) for x in raw]
 
+    def text(n: int, value: float) -> str:
+        return "-" if not n and not value else f"${n / units:.{digits}f}"
 
-def running_lines(st: shapes.Status, now: float) -> list[str]:
-    """Every running feature (two lines each), else the retry waited for, else nothing."""
-    out: list[str] = []
-    for run in st["running"]:
-        where = feature_label(run["feature_index"], run["total_features"])
-        elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
-        out.append(
-            cut(
-                f"running: [{run['seq']}] {run['batch_id']}, attempt {run['attempt']}, "
-                f"{elapsed}, {run_where(run)}",
-                WIDTH,
-            )
-        )
-        out.append(cut(f"    {where}: {printable(run['feature'])}", WIDTH))
-    if out:
-        return out
-    at = st["next_retry_at"]
-    if at is not None:
-        retry = f"retry at {local_time(at, now)} (in {until(at, now)})"
-        waiting = next((b for b in st["batches"] if b["next_attempt_at"] == at), None)
-        if waiting is None:
-            return [f"waiting: {retry}"]
-        where = feature_label(waiting["current_index"], waiting["total_features"])
-        return [
-            cut(f"waiting: [{waiting['seq']}] {waiting['batch_id']}, {retry}", WIDTH),
-            f"    {where}",
-        ]
-    return ["running: nothing"]
+    return [text(n, x) for n, x in zip(shown, parts, strict=True)], text(target, total)
 
 
 def counts(b: shapes.BatchItem) -> str:
@@ -220,77 +176,6 @@ def seq_width(batches: list[shapes.BatchItem]) -> int:
     return max([3, *(len(str(b["seq"])) for b in batches)])
 
 
-def batch_table(batches: list[shapes.BatchItem], now: float) -> list[str]:
-    sw = seq_width(batches)
-    rows = [
-        f"{'SEQ':>{sw}} {'BATCH':<28} {'STATUS':<11} {'DONE/FAIL/ALL':>13} {'COST':>8} BRK  ETA"
-    ]
-    for b in batches:
-        eta = "-" if b["status"] in FINISHED else human_duration(b["eta_s"])
-        rows.append(
-            f"{b['seq']:>{sw}} {cut(b['batch_id'], 28):<28} {cut(b['status'], 11):<11} "
-            f"{counts(b):>13} {money(b['cost_usd']):>8} "
-            f"{'OPEN' if b['circuit_breaker_open'] else 'ok':<4} {eta}"
-        )
-        if b["status"] == "paused" and b["pause_reason"]:
-            rows += wrap(b["pause_reason"], "    paused: ")
-        if b["next_attempt_at"] and b["status"] not in FINISHED:
-            rows.append(f"    next attempt at {local_time(b['next_attempt_at'], now)}")
-    return rows
-
-
-# --- list and show -----------------------------------------------------------------------
-
-
-def format_list(batches: list[shapes.BatchItem], width: int) -> str:
-    if not batches:
-        return "no batches"
-    sw = seq_width(batches)
-    rows = [f"{'SEQ':>{sw}} {'BATCH':<28} {'STATUS':<11} {'DONE/FAIL/ALL':>13} {'COST':>8}  NAME"]
-    for b in batches:
-        head = (
-            f"{b['seq']:>{sw}} {cut(b['batch_id'], 28):<28} {cut(b['status'], 11):<11} "
-            f"{counts(b):>13} {money(b['cost_usd']):>8}  "
-        )
-        rows.append(head + cut(b["name"], width - len(head)))
-    return "\n".join(rows)
-
-
-def format_ids(batches: list[shapes.BatchItem]) -> str:
-    """``list --ids``: ``SEQ<tab>BATCH_ID<tab>STATUS<tab>NAME`` lines (completion reads them)."""
-    return "\n".join(
-        f"{b['seq']}\t{b['batch_id']}\t{b['status']}\t{cut(b['name'], 60)}" for b in batches
-    )
-
-
-def format_show(result: shapes.Show, now: float, width: int) -> str:
-    b, s, r = result["batch"], result["state"], result["retry"]
-    reason = f" ({printable(b['pause_reason'])})" if b["pause_reason"] else ""
-    out = [
-        cut(f"[{b['seq']}] {b['batch_id']}  {b['name']}", width),
-        f"status: {b['status']}{reason}",
-        f"source: {b['source_type']}",
-        f"runs in: {printable(b['workdir'])}",
-        f"{plural(b['total_features'], 'feature')}: {b['completed']} completed, "
-        f"{b['failed']} failed, {b['skipped']} skipped",
-        f"retries: {r['global_retry_count']} so far; breaker "
-        f"{'OPEN' if b['circuit_breaker_open'] else 'closed'}, "
-        f"consecutive failures: {b['consecutive_failures']}",
-    ]
-    if b["next_attempt_at"] and b["status"] not in FINISHED:
-        out.append(f"next attempt at {local_time(b['next_attempt_at'], now)}")
-    run = result["running"]
-    if run is not None:
-        elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
-        out.append(
-            f"running: {feature_label(run['feature_index'], run['total_features'])}, "
-            f"attempt {run['attempt']}, {elapsed}, {run_where(run)}"
-        )
-    out.append("")
-    out += feature_rows(s, result["feature_states"], now, width)
-    return "\n".join(out)
-
-
 def run_where(run: shapes.RunningItem) -> str:
     """Where a running feature runs: its Slurm job and state, or its local pid."""
     if run["job_id"]:
@@ -298,86 +183,25 @@ def run_where(run: shapes.RunningItem) -> str:
     return f"pid {run['pid']}" if run["pid"] else "its before_feature hook runs"
 
 
-def feature_rows(state: dict[str, Any], states: list[str], now: float, width: int) -> list[str]:
-    """One row per feature: index, status, attempts, time, tokens, cost; errors; the total."""
-    history: list[dict[str, Any]] = state["processing_history"]
-    errors = {f["feature_index"]: f["error_message"] for f in state["failed_features"]}
-    by_index: dict[int, list[dict[str, Any]]] = {}
-    for a in history:
-        by_index.setdefault(a["feature_index"], []).append(a)
-    out = [f"{'IDX':>4} {'STATUS':<9} {'ATT':>3} {'TIME':>7} {'TOKENS':>6} {'COST':>8}  FEATURE"]
-    total_s = 0.0
-    for i, feature in enumerate(state["features"]):
-        runs = by_index.get(i, [])
-        took = sum(attempt_seconds(a, states[i] == "running", now) for a in runs)
-        total_s += took
-        cost = sum(a["cost_usd"] or 0.0 for a in runs)
-        used = sum(a["tokens"] or 0 for a in runs)
-        head = (
-            f"{i:>4} {states[i]:<9} {len(runs):>3} "
-            f"{human_duration(took) if runs else '-':>7} {tokens(used):>6} {money(cost):>8}  "
-        )
-        out.append(head + cut(feature, width - len(head)))
-        if i in errors:
-            out += wrap(errors[i] or "(no message)", "       error: ", " " * 14, 3, width)
-    out.append(
-        f"{'':>4} {'total':<9} {len(history):>3} {human_duration(total_s):>7} "
-        f"{tokens(state['context_token_estimate']):>6} {money(state['cost_usd']):>8}"
-    )
-    return out
-
-
-def attempt_seconds(a: dict[str, Any], running: bool, now: float) -> float:
-    """How long one attempt took (or has taken so far, while it runs)."""
-    if a["duration_s"] is not None:
-        return float(a["duration_s"])
-    if running and a["outcome"] is None and a["started_at"]:
-        start = parse_ts(a["started_at"])
-        return 0.0 if start is None else max(0.0, now - start)
-    return 0.0
-
-
-# --- watch -------------------------------------------------------------------------------
-
-
-def progress_line(st: shapes.Status, now: float) -> str:
-    """One line (under 80 columns) for ``watch``: what runs, elapsed, ETA, feature text."""
-    running = st["running"]
-    if len(running) == 1:
-        run = running[0]
-        item = next((b for b in st["batches"] if b["batch_id"] == run["batch_id"]), None)
-        eta = human_duration(item["eta_s"] if item is not None else None)
-        head = cut(
-            f"[{run['seq']}] {run['batch_id']} {run['feature_index'] + 1}/"
-            f"{run['total_features']} {since(run['started_at'], now)} eta {eta}: ",
-            WIDTH - 11,
-        )
-        return head + cut(run["feature"], WIDTH - 1 - len(head))
-    if running:
-        each = (WIDTH - 1 - 11) // len(running)
-        parts = [
-            cut(
-                f"[{r['seq']}] {r['feature_index'] + 1}/{r['total_features']} "
-                f"{since(r['started_at'], now)}: {printable(r['feature'])}",
-                each - 2,
-            )
-            for r in running
-        ]
-        return cut(f"{len(running)} running: " + "; ".join(parts), WIDTH - 1)
-    if st["queue_paused"]:
-        return cut(f"queue paused: {st['pause_reason']}", WIDTH - 1)
-    at = st["next_retry_at"]
-    if at is not None:
-        waiting = next((b for b in st["batches"] if b["next_attempt_at"] == at), None)
-        what = f" [{waiting['seq']}] {waiting['batch_id']}" if waiting is not None else ""
-        return cut(f"waiting {until(at, now)} to retry{what}", WIDTH - 1)
-    left = sum(1 for b in st["batches"] if b["status"] not in FINISHED)
-    if not left:
-        return "idle (nothing queued)"
-    return f"idle ({left} unfinished {'batch' if left == 1 else 'batches'})"
+def feature_label(index: int, total: int) -> str:
+    """``feature 3/4 (index 2)``: the position people count and the index commands take."""
+    return f"feature {index + 1}/{total} (index {index})"
 
 
 # --- replies of the control commands -------------------------------------------------------
+
+
+def emit_json(obj: object, *, indent: int | None = 2) -> None:
+    print(json.dumps(obj, indent=indent, ensure_ascii=False), flush=indent is None)
+
+
+def reply(args: Namespace, result: object, text: str) -> int:
+    """Print a command's reply: JSON with ``--json``, else the text for people; exit 0."""
+    if args.json:
+        emit_json(result)
+    else:
+        print(text)
+    return EXIT_OK
 
 
 def paused(r: shapes.Paused) -> str:
@@ -436,6 +260,19 @@ def pruned(r: shapes.Pruned) -> str:
     head = f"would remove {len(removed)} finished {noun}" if r["dry_run"] else None
     head = head or f"removed {len(removed)} finished {noun}"
     return "\n".join([head, *(f"  {b}" for b in removed)])
+
+
+def limits(r: shapes.Limits) -> str:
+    """``batchctl limit``: what it ended, then every wait in words with the agent's text."""
+    out = [f"ended the usage-limit wait of {name}" for name in r["cleared"]]
+    for w in r["limit_waits"]:
+        out.append(w["in_words"])
+        out.append(f"    since {w['since']}: {w['message']}")
+    if not r["limit_waits"]:
+        out.append("no runner profile waits for a usage limit")
+    else:
+        out.append("end a wait now with `batchctl limit --clear [RUNNER]`")
+    return "\n".join(out)
 
 
 def reloaded(r: shapes.Reloaded) -> str:

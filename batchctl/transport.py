@@ -1,10 +1,10 @@
-"""batchctl's wire: the control socket, line framing, one call or a stream, and errors.
+"""batchctl's wire: the control socket, line framing, one call or a stream.
 
-Owns the exit codes, ``Failure`` (an error that ends the run, with its exit
-code and its error code for ``--json``), connecting, sending one request and
-reading its event lines and reply. Standard library only (``socket`` and
-``json``): every read command pays for this module at start-up. It never prints
-anything: ``render`` and ``commands`` do. It never spells a wire name itself:
+Owns connecting, sending one request and reading its event lines and reply;
+a broken connection is ``Lost``, a ``Failure`` (``errors``) like every error
+that ends the run. Standard library only (``socket`` and ``json``): every read
+command pays for this module at start-up. It never prints anything: the
+command modules do. It never spells a wire name itself:
 commands, version and error codes come from ``batchd.protocol``.
 """
 
@@ -14,48 +14,30 @@ import json
 import os
 import socket
 
+from batchctl.errors import (
+    E_FAILED,
+    E_NO_REPLY,
+    E_NOT_RUNNING,
+    EXIT_DOWN,
+    EXIT_FAIL,
+    HOW_TO_START,
+    Failure,
+    die,
+)
 from batchd.protocol import COMMANDS, MAX_LINE_BYTES, VERSION
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
 
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any, NoReturn
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DOWN, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-
-# batchctl's own error codes (``--json`` errors); a daemon's error reply keeps its own code.
-E_USAGE = "usage"  # exit 2
-E_NOT_RUNNING = "not_running"  # exit 3
-E_NO_REPLY = "no_reply"  # the daemon did not answer in time, or the connection broke
-E_INVALID = "invalid"  # a feature file, a directory or a request that batchctl refuses
-E_CONFIG = "bad_config"
-E_GH = "gh_error"
-E_TIMEOUT = "timeout"  # wait --timeout passed (exit 4)
-E_FAILED = "failed"  # anything else that ends the run
+    from typing import Any
 
 REQUEST_TIMEOUT_S = 30.0  # a normal request; watch, wait and logs --follow wait longer
 RECV_BYTES = 256 * 1024
-HOW_TO_START = "start it with `batchd` in a terminal, or `systemctl --user start batchd`"
-
-
-class Failure(Exception):
-    """Ends the run: ``message`` goes to stderr as ``batchctl: message`` (or, with
-    ``--json``, to stdout as ``{"error": {"code", "message"}}``); ``exit`` is the exit code."""
-
-    def __init__(self, message: str, exit: int = EXIT_FAIL, code: str = E_FAILED) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit = exit
-        self.code = code
 
 
 class Lost(Failure):
     """The daemon closed the connection or it broke (it stopped, or restarted)."""
-
-
-def die(message: str, exit: int = EXIT_FAIL, code: str = E_FAILED) -> NoReturn:
-    raise Failure(message, exit, code)
 
 
 def connect(path: Path, timeout: float | None) -> socket.socket:

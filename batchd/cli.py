@@ -52,57 +52,83 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     command = args.command or "run"
     if command == "install-service":
-        from batchd.service_install import install_service
+        sys.exit(_install_service(args))
+    where = _where(args)
+    if command == "check-config":
+        from batchd.checkconfig import check_config
 
-        sys.exit(
-            install_service(
-                socket_activation=args.socket_activation, force=args.force, config=args.config
-            )
-        )
+        sys.exit(check_config(os.environ, **where))
+    cfg = _load_or_exit(where)
+    if command == "paths":
+        sys.exit(_print_paths(cfg))
 
-    where = dict(
+    from batchd import daemon
+    from batchd.logformat import setup_logging
+
+    setup_logging(getattr(logging, args.log_level.upper()))
+    sys.exit(daemon.run(cfg, args.backend, lambda: _load(where)))
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; a mistyped option or command is named (exit 2)."""
+    from batchd.mistyped import mistyped
+
+    parser = _parser()
+    wrong = mistyped(parser, argv)
+    if wrong is not None:
+        wrong[0].error(wrong[1])
+    return parser.parse_args(argv)
+
+
+def _install_service(args: argparse.Namespace) -> int:
+    from batchd.service_install import install_service
+
+    return install_service(
+        socket_activation=args.socket_activation, force=args.force, config=args.config
+    )
+
+
+def _where(args: argparse.Namespace) -> dict[str, str | None]:
+    """What the command line says of the config file and the paths."""
+    return dict(
         config=args.config,
         spool=args.spool,
         state_dir=args.state_dir,
         socket=args.socket,
         runner=args.runner,
     )
-    if command == "check-config":
-        from batchd.checkconfig import check_config
 
-        sys.exit(check_config(os.environ, **where))
 
+def _load(where: dict[str, str | None]) -> Config:
+    """The config, from the file, the environment and the flags (``ConfigError`` if bad)."""
     from batchd.config import load_config
+
+    return load_config(os.environ, **where)
+
+
+def _load_or_exit(where: dict[str, str | None]) -> Config:
     from batchd.paths import ConfigError
 
-    def load() -> Config:
-        return load_config(os.environ, **where)
-
     try:
-        cfg = load()
+        return _load(where)
     except ConfigError as e:
         print(f"batchd: bad configuration: {e}", file=sys.stderr)
         sys.exit(EX_CONFIG)
 
-    if command == "paths":
-        p = cfg.paths
-        print(f"config     {p.config}{'' if p.config.exists() else '  (absent: defaults)'}")
-        print(f"spool_dir  {p.spool_dir}")
-        print(f"rejected   {p.spool_dir / 'rejected'}")
-        print(f"state_dir  {p.state_dir}")
-        print(f"batches    {p.state_dir / 'batches'}")
-        print(f"socket     {p.socket}")
-        print(f"runner     {cfg.runner.command}")
-        sys.exit(0)
 
-    from batchd import daemon
-    from batchd.logformat import setup_logging
-
-    setup_logging(getattr(logging, args.log_level.upper()))
-    sys.exit(daemon.run(cfg, args.backend, load))
+def _print_paths(cfg: Config) -> int:
+    p = cfg.paths
+    print(f"config     {p.config}{'' if p.config.exists() else '  (absent: defaults)'}")
+    print(f"spool_dir  {p.spool_dir}")
+    print(f"rejected   {p.spool_dir / 'rejected'}")
+    print(f"state_dir  {p.state_dir}")
+    print(f"batches    {p.state_dir / 'batches'}")
+    print(f"socket     {p.socket}")
+    print(f"runner     {cfg.runner.command}")
+    return 0
 
 
 if __name__ == "__main__":

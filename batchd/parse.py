@@ -301,3 +301,9 @@ def parse_request(name: str, data: bytes, limits: Limits) -> ParsedBatch:
 def with_runners(limits: Limits, runners: frozenset[str]) -> Limits:
     """``limits`` that also check a batch's runner profile against ``runners``."""
     return replace(limits, runners=runners)
+
+
+def check_feature(where: str, text: str, limits: Limits) -> None:
+    """One feature's text by the spool's rules (``batchctl add`` checks each argument, so
+    that an error names it: ``feature 2: control character ...``)."""
+    _check_feature(where, text, limits)

@@ -44,7 +44,9 @@ def test_read_commands_human_and_json(make_daemon: MakeDaemon) -> None:
     assert shown.returncode == 0
     assert "$0.25" in shown.stdout and "TypeError: boom" in shown.stdout
     # Everything fits but a path, which is never cut (the test's own may be long).
-    assert all(len(line) <= 80 for line in shown.stdout.splitlines() if not line.startswith("runs in:"))
+    assert all(
+        len(line) <= 80 for line in shown.stdout.splitlines() if not line.startswith("runs in:")
+    )
     assert ctl_json(d, "show", bid)["state"]["cost_usd"] == 0.25
     # --json after the subcommand works too
     out = d.ctl("show", bid, "--json")
@@ -65,9 +67,8 @@ def test_exit_codes(make_daemon: MakeDaemon) -> None:
     assert bad.returncode == 1 and "unknown batch" in bad.stderr
     assert d.ctl("frobnicate").returncode == 2
     assert d.ctl("skip", "batch-20200101-000000-000000", "notanumber").returncode == 2
-    assert d.ctl("resume", "last", "--all").returncode == 2
-    bare = d.ctl("resume")  # the daemon says what resume needs
-    assert bare.returncode == 1 and "resume needs a batch" in bare.stderr
+    bare = d.ctl("resume")  # a usage error, found before anything is sent
+    assert bare.returncode == 2 and "resume needs a BATCH_ID, or --all" in bare.stderr
 
 
 def test_control_commands(make_daemon: MakeDaemon) -> None:

@@ -149,7 +149,7 @@ def test_json_errors_are_json_on_stdout(make_daemon: MakeDaemon) -> None:
         (["frobnicate"], 2, "usage"),
         (["skip", "1", "x"], 2, "usage"),
         (["cancel", "1"], 1, "bad_state"),
-        (["resume"], 1, "bad_args"),
+        (["resume"], 2, "usage"),
     ]:
         out = d.ctl("--json", *args)
         assert out.returncode == code, (args, out)
@@ -172,7 +172,7 @@ def test_add_queues_a_batch_from_the_command_line(make_daemon: MakeDaemon, tmp_p
     )
     assert out.returncode == 0, out
     assert "queued 2 features:" in out.stdout and f"runs in: {project}\n" in out.stdout
-    assert "not running" in out.stdout
+    assert "no batchd is running, so nothing watches the spool" in out.stderr
     single = d.ctl("add", "lonely", cwd=project)
     assert "queued 1 feature:" in single.stdout, single
     d.start()
@@ -312,7 +312,7 @@ def test_resume_says_the_truth(make_daemon: MakeDaemon) -> None:
     assert "note:" in out and "paused again at once" in out and "limits.max_cost_usd" in out
     assert "batchctl reload" in out
     bare = d.ctl("resume")
-    assert bare.returncode == 1 and "resume needs a batch" in bare.stderr
+    assert bare.returncode == 2 and "resume needs a BATCH_ID, or --all" in bare.stderr
 
 
 def test_cancelled_batch_features_read_cancelled(make_daemon: MakeDaemon) -> None:

@@ -24,10 +24,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchctl import render, submit
+from batchctl import issues, render, render_batches, render_status
 from batchd import shapes
-from batchd.model import parse_iso
+from batchd.model import UserState, parse_iso
 from batchd.parse import Limits, parse_spool_file
+from batchd.store import Store, encode
 
 BATCHCTL = [sys.executable, "-m", "batchctl"]
 GOOD_ID = "batch-20261124-050653-123456"
@@ -201,7 +202,8 @@ def test_submit_file_writes_one_valid_request(local: Local) -> None:
     assert out.returncode == 0, out.stderr
     [path] = local.spooled()
     assert path.suffix == ".json" and not path.name.startswith(".")
-    assert str(path) in out.stdout and "not running" in out.stdout
+    assert str(path) in out.stdout
+    assert f"no batchd is running, so nothing watches the spool {local.spool} yet" in out.stderr
     request = json.loads(path.read_text())
     assert request == {
         "features": ["first", "second ✓"],
@@ -453,7 +455,6 @@ DAEMON_COMMANDS = [
     ["reset-breaker", GOOD_ID],
     ["prune", "--older-than", "7"],
     ["prune", "--dry-run"],
-    ["resume"],
     ["reload"],
     ["wait"],
     ["wait", "3", "last", GOOD_ID, "--timeout", "5"],
@@ -515,6 +516,9 @@ def test_global_options_before_and_after_the_command(local: Local) -> None:
         ["prune", "--older-than", "soon"],
         ["prune", "--older-than", "-1"],
         ["logs"],
+        ["resume"],
+        ["completion"],
+        ["--sockt", "/tmp/x", "status"],
     ],
     ids=lambda a: " ".join(a) or "nothing",
 )
@@ -589,26 +593,34 @@ except SystemExit as e:
 print()
 print(json.dumps({"code": code, "new": sorted(set(sys.modules) - floor)}))
 """
-FAST = {
+START = {  # what every run loads: the parser and the table
     "argparse",
     "gettext",
     "batchctl",
     "batchctl.cli",
-    "batchctl.commands",
-    "batchctl.render",
-    "batchctl.transport",
+    "batchctl.errors",
+    "batchctl.table",
     "batchd",
-    "batchd.paths",
+    "batchd.mistyped",
     "batchd.protocol",
 }
+READ = {  # ... and what a read command adds: its module, the wire, the text
+    "batchctl.control",
+    "batchctl.options",
+    "batchctl.render",
+    "batchctl.render_status",
+    "batchctl.transport",
+    "batchd.paths",
+}
+COMPLETION = {"batchctl.completion", "batchctl.completion_model", "batchctl.completion_sh"}
 
 
 @pytest.mark.parametrize(
     ("argv", "code", "allowed"),
     [
-        (["status"], 3, FAST),
-        (["--version"], 0, FAST),
-        (["completion", "bash"], 0, {*FAST, "batchctl.completion"}),
+        (["status"], 3, START | READ),
+        (["--version"], 0, START),
+        (["completion", "bash"], 0, START | COMPLETION),
     ],
 )
 def test_fast_commands_import_nothing_new(
@@ -639,7 +651,7 @@ def test_fast_commands_import_nothing_new(
 def test_command_table_sends_exactly_the_protocol_commands() -> None:
     """Every control command of protocol.COMMANDS is sent by some batchctl command, and
     nothing else is (as the daemon's own table is checked in batchd/server.py)."""
-    from batchctl.cli import TABLE
+    from batchctl.table import TABLE
     from batchd.protocol import COMMANDS
 
     assert {cmd for c in TABLE for cmd in c.sends} == set(COMMANDS)
@@ -705,6 +717,30 @@ def test_consent_without_daemon_writes_user_state(local: Local) -> None:
     assert local.ctl("consent", "--disable").returncode == 0
     assert local.user_state()["batch_retry_enabled"] is False
     assert [p.name for p in local.state.iterdir()] == ["user_state.json"]  # no temp left
+    # One encoding: the daemon's own model and encoder, byte for byte.
+    saved = Store(local.state).load_user()
+    assert saved.batch_retry_enabled is False
+    assert path.read_bytes() == encode(
+        UserState(batch_retry_enabled=False, updated_at=saved.updated_at)
+    )
+
+
+def test_wait_counts_what_the_spool_would_read(tmp_path: Path) -> None:
+    """A submitted batch is pending while a name the daemon reads is in the spool, or anything
+    in its claimed folder; ignored names (dot files, partial writes, backups, rejected/) not."""
+    from batchctl.wait import spool_pending
+
+    spool = tmp_path / "spool"
+    assert not spool_pending(spool)  # no spool yet
+    spool.mkdir()
+    for name in (".x.tmp", "a.part", "b~", "c.tmp", ".batchd.lock", "rejected", ".claimed"):
+        (spool / name).mkdir() if name in ("rejected", ".claimed") else (spool / name).touch()
+    assert not spool_pending(spool)
+    (spool / ".claimed" / "todo.txt").touch()
+    assert spool_pending(spool)
+    (spool / ".claimed" / "todo.txt").unlink()
+    (spool / "todo.txt").touch()
+    assert spool_pending(spool)
 
 
 def test_consent_without_flag_or_terminal_prints_the_setting(local: Local) -> None:
@@ -800,13 +836,13 @@ def test_submit_does_not_ask_when_the_environment_decides(local: Local) -> None:
 def test_clean_title(title: str, clean: str) -> None:
     """Issue titles come out as one printable line of at most 200 characters, a cut one
     ending in '...'."""
-    assert submit.clean_title(title) == clean
+    assert issues.clean_title(title) == clean
 
 
 @pytest.mark.parametrize("title", ["", " ", "\t\n\r\n", "\x1b[0m\x07", "\u2028\x00"])
 def test_blank_issue_title_reads_no_title(title: str) -> None:
     """Regression (was 'Issue #84:'): an empty or blank title reads 'Issue #N: (no title)'."""
-    assert submit.issue_feature(84, title) == "Issue #84: (no title)"
+    assert issues.issue_feature(84, title) == "Issue #84: (no title)"
 
 
 @settings(max_examples=300, deadline=None)
@@ -814,14 +850,14 @@ def test_blank_issue_title_reads_no_title(title: str) -> None:
 def test_any_title_fits_and_a_cut_one_says_so(title: str) -> None:
     """Any title becomes at most 200 printable characters; it is cut exactly when the one-line
     form is longer, and then ends in '...' after a prefix of that form."""
-    line = submit.one_line(title)
-    clean = submit.clean_title(title)
+    line = issues.one_line(title)
+    clean = issues.clean_title(title)
     assert len(clean) <= 200 and clean.isprintable() and clean == clean.strip()
     if len(line) <= 200:
         assert clean == line
     else:
         assert clean.endswith("...") and line.startswith(clean[:-3])
-    feature = submit.issue_feature(7, title)
+    feature = issues.issue_feature(7, title)
     assert feature == f"Issue #7: {clean or '(no title)'}"
     assert parse_spool_file("f.txt", feature.encode(), Limits()).features == [feature]
 
@@ -928,21 +964,22 @@ def assert_fits(text: str, width: int = 80) -> None:
 def test_status_output_fits_80_columns_and_says_it_all() -> None:
     """Human status: daemon, pause and why, problems, running feature with elapsed, the table
     with seq first."""
-    text = render.format_status(status_result(), NOW)
+    text = render_status.format_status(status_result(), NOW)
     assert_fits(text)
     assert "pid 4321987" in text and "asyncio" in text and "up 1d03h" in text
     assert "PAUSED: runner not found" in text and "problem: state_write" in text
     assert f"running: [1] {GOOD_ID}, attempt 4, 3m07s, pid 1\n" in text
     assert "    feature 1000/1000 (index 999): implement the whole" in text
-    assert "998/1/1000" in text and "$1234.57" in text and "OPEN" in text and "1d10h" in text
+    assert "998/1/1000" in text and "$1234.57" in text and "OPEN" in text
+    assert "1d10h" not in text  # the queue is paused: no ETA
     row = next(line for line in text.splitlines() if GOOD_ID in line and "998/1" in line)
     assert row.split()[:2] == ["1", GOOD_ID]
     waiting = status_result(running=[], current=None, next_retry_at="2026-11-24T05:12:00.000000Z")
-    text = render.format_status(waiting, NOW)
+    text = render_status.format_status(waiting, NOW)
     assert_fits(text)
     assert f"waiting: [1] {GOOD_ID}, retry at " in text and "(in 2m00s)\n" in text
     assert "    feature 1000/1000 (index 999)\n" in text
-    assert "no batches" in render.format_status(status_result(batches=[], problems=[]), NOW)
+    assert "no batches" in render_status.format_status(status_result(batches=[], problems=[]), NOW)
 
 
 def test_status_shows_every_running_feature_and_the_finished_count() -> None:
@@ -957,7 +994,7 @@ def test_status_shows_every_running_feature_and_the_finished_count() -> None:
         finished_total=57,
         batches=[batch_item(status="completed", seq=n) for n in range(1, 21)],
     )
-    text = render.format_status(st, NOW)
+    text = render_status.format_status(st, NOW)
     assert_fits(text)
     assert "queue: running, 2 slots" in text
     assert f"running: [2] {GOOD_ID[:-1]}7, attempt 4" in text
@@ -968,13 +1005,13 @@ def test_status_shows_every_running_feature_and_the_finished_count() -> None:
 def test_list_and_progress_lines_fit() -> None:
     """list rows fit the width given; the watch line stays under 80 so \\r can rewrite it."""
     items = [batch_item(), batch_item(status="completed")]
-    assert_fits(render.format_list(items, 80))
-    wide = render.format_list(items, 200)
+    assert_fits(render_batches.format_list(items, 80))
+    wide = render_batches.format_list(items, 200)
     assert_fits(wide, 200)
     assert ("features with a rather long name.txt " * 3).strip() in wide
-    line = render.progress_line(status_result(), NOW)
+    line = render_status.progress_line(status_result(queue_paused=False), NOW)
     assert len(line) < 80 and line.startswith(f"[1] {GOOD_ID} 1000/1000 3m07s eta 1d10h: implement")
-    waiting = render.progress_line(
+    waiting = render_status.progress_line(
         status_result(
             running=[],
             current=None,
@@ -984,7 +1021,7 @@ def test_list_and_progress_lines_fit() -> None:
         NOW,
     )
     assert waiting.startswith(f"waiting 2m00s to retry [1] {GOOD_ID}")
-    two = render.progress_line(
+    two = render_status.progress_line(
         status_result(running=[running_item(), running_item(seq=2, feature_index=0)]), NOW
     )
     assert (
@@ -1039,7 +1076,7 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
         "state": state,
         "retry": {"global_retry_count": 1, "circuit_breaker_open": False},
     }
-    text = render.format_show(result, NOW, 80)
+    text = render_batches.format_show(result, NOW, 80)
     assert "running: feature 4/6 (index 3), attempt 1, 3m07s, job 4711 RUNNING" in text
     assert_fits(text)
     assert "runs in: /real/dir" in text and text.startswith(f"[1] {GOOD_ID}")
@@ -1054,7 +1091,7 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
     assert rows["5"][1:3] == ["cancelled", "0"]
     assert "error: TypeError: implement" in text
     assert text.splitlines()[-1].split()[-1] == "$1.00"
-    wide = render.format_show(result, NOW, 700)
+    wide = render_batches.format_show(result, NOW, 700)
     assert ("broken " + LONG).strip() in wide
 
 

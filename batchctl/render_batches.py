@@ -1,0 +1,131 @@
+"""``list`` and ``show`` for people: batches in rows, one batch feature by feature.
+
+Pure functions from ``list``/``show`` replies (``batchd.shapes``), ``now`` and
+the terminal's width to text; built from ``render``'s pieces. Nothing here
+talks to the daemon or reads a file. In ``show``, the per-feature costs add
+up to the total shown (``render.money_column``), and a token count that was
+estimated (output bytes / 4, ``tokens_estimated``) reads ``~N``.
+"""
+
+from __future__ import annotations
+
+from batchctl.render import (
+    FINISHED,
+    counts,
+    cut,
+    feature_label,
+    human_duration,
+    local_time,
+    money,
+    money_column,
+    parse_ts,
+    plural,
+    printable,
+    run_where,
+    seq_width,
+    since,
+    tokens,
+    wrap,
+)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from batchd import shapes
+
+
+def format_list(batches: list[shapes.BatchItem], width: int) -> str:
+    if not batches:
+        return "no batches"
+    sw = seq_width(batches)
+    rows = [f"{'SEQ':>{sw}} {'BATCH':<28} {'STATUS':<11} {'DONE/FAIL/ALL':>13} {'COST':>8}  NAME"]
+    for b in batches:
+        head = (
+            f"{b['seq']:>{sw}} {cut(b['batch_id'], 28):<28} {cut(b['status'], 11):<11} "
+            f"{counts(b):>13} {money(b['cost_usd']):>8}  "
+        )
+        rows.append(head + cut(b["name"], width - len(head)))
+    return "\n".join(rows)
+
+
+def format_ids(batches: list[shapes.BatchItem]) -> str:
+    """``list --ids``: ``SEQ<tab>BATCH_ID<tab>STATUS<tab>NAME`` lines (completion reads them)."""
+    return "\n".join(
+        f"{b['seq']}\t{b['batch_id']}\t{b['status']}\t{cut(b['name'], 60)}" for b in batches
+    )
+
+
+def format_show(result: shapes.Show, now: float, width: int) -> str:
+    b, s, r = result["batch"], result["state"], result["retry"]
+    reason = f" ({printable(b['pause_reason'])})" if b["pause_reason"] else ""
+    out = [
+        cut(f"[{b['seq']}] {b['batch_id']}  {b['name']}", width),
+        f"status: {b['status']}{reason}",
+        f"source: {b['source_type']}",
+        f"runs in: {printable(b['workdir'])}",
+        f"{plural(b['total_features'], 'feature')}: {b['completed']} completed, "
+        f"{b['failed']} failed, {b['skipped']} skipped",
+        f"retries: {r['global_retry_count']} so far; breaker "
+        f"{'OPEN' if b['circuit_breaker_open'] else 'closed'}, "
+        f"consecutive failures: {b['consecutive_failures']}",
+    ]
+    if b["next_attempt_at"] and b["status"] not in FINISHED:
+        out.append(f"next attempt at {local_time(b['next_attempt_at'], now)}")
+    run = result["running"]
+    if run is not None:
+        elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
+        out.append(
+            f"running: {feature_label(run['feature_index'], run['total_features'])}, "
+            f"attempt {run['attempt']}, {elapsed}, {run_where(run)}"
+        )
+    out.append("")
+    out += feature_rows(s, result["feature_states"], now, width)
+    return "\n".join(out)
+
+
+def feature_rows(state: dict[str, Any], states: list[str], now: float, width: int) -> list[str]:
+    """One row per feature: index, status, attempts, time, tokens, cost; errors; the total."""
+    history: list[dict[str, Any]] = state["processing_history"]
+    errors = {f["feature_index"]: f["error_message"] for f in state["failed_features"]}
+    by_index: dict[int, list[dict[str, Any]]] = {}
+    for a in history:
+        by_index.setdefault(a["feature_index"], []).append(a)
+    runs_of = [by_index.get(i, []) for i in range(len(state["features"]))]
+    costs, total_cost = money_column(
+        [sum(a["cost_usd"] or 0.0 for a in runs) for runs in runs_of], state["cost_usd"]
+    )
+    out = [f"{'IDX':>4} {'STATUS':<9} {'ATT':>3} {'TIME':>7} {'TOKENS':>6} {'COST':>8}  FEATURE"]
+    total_s = 0.0
+    for i, (feature, runs) in enumerate(zip(state["features"], runs_of, strict=True)):
+        took = sum(attempt_seconds(a, states[i] == "running", now) for a in runs)
+        total_s += took
+        head = (
+            f"{i:>4} {states[i]:<9} {len(runs):>3} "
+            f"{human_duration(took) if runs else '-':>7} {used_tokens(runs):>6} {costs[i]:>8}  "
+        )
+        out.append(head + cut(feature, width - len(head)))
+        if i in errors:
+            out += wrap(errors[i] or "(no message)", "       error: ", " " * 14, 3, width)
+    out.append(
+        f"{'':>4} {'total':<9} {len(history):>3} {human_duration(total_s):>7} "
+        f"{used_tokens(history, state['context_token_estimate']):>6} {total_cost:>8}"
+    )
+    return out
+
+
+def used_tokens(attempts: list[dict[str, Any]], total: int | None = None) -> str:
+    """The tokens of these attempts (or ``total``), ``~N`` when any count was estimated."""
+    used = sum(a["tokens"] or 0 for a in attempts) if total is None else total
+    return tokens(used, any(a.get("tokens_estimated") and a["tokens"] for a in attempts))
+
+
+def attempt_seconds(a: dict[str, Any], running: bool, now: float) -> float:
+    """How long one attempt took (or has taken so far, while it runs)."""
+    if a["duration_s"] is not None:
+        return float(a["duration_s"])
+    if running and a["outcome"] is None and a["started_at"]:
+        start = parse_ts(a["started_at"])
+        return 0.0 if start is None else max(0.0, now - start)
+    return 0.0
