@@ -236,6 +236,12 @@ TABLE: tuple[Command, ...] = (
         sends=["reload"],
     ),
     Command(
+        "restart",
+        "restart the daemon; running features keep running and are followed again",
+        commands.restart,
+        sends=["restart", "status"],
+    ),
+    Command(
         "completion",
         "print a shell completion script",
         commands.completion,

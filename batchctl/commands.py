@@ -18,6 +18,7 @@ import time
 from batchctl import render
 from batchctl.transport import (
     E_CONFIG,
+    E_NO_REPLY,
     E_TIMEOUT,
     E_USAGE,
     EXIT_DOWN,
@@ -197,6 +198,30 @@ def reload(args: Namespace) -> int:
     """Make the daemon re-read its config; a bad one is exit 1 with the daemon's error."""
     r: shapes.Reloaded = call(socket_path(args), "reload")
     return reply(args, r, render.reloaded(r))
+
+
+RESTART_WAIT_S = 60.0  # systemd waits RestartSec= (5 s) before it starts batchd again
+
+
+def restart(args: Namespace) -> int:
+    """Restart the daemon, leaving what runs running (SPEC 16); wait until it answers again."""
+    path = socket_path(args)
+    asked = time.monotonic()
+    r: shapes.Restarting = call(path, "restart")
+    while time.monotonic() - asked < RESTART_WAIT_S:
+        time.sleep(RECONNECT_S)
+        try:
+            st: shapes.Status = call(path, "status")
+        except Failure:
+            continue  # between the two daemons
+        if st["daemon"]["uptime_s"] < time.monotonic() - asked:  # a new start
+            return reply(args, {**r, "pid": st["daemon"]["pid"]}, render.restarted(r, st))
+    die(
+        f"batchd did not come back within {RESTART_WAIT_S:g}s of the restart; see its log "
+        "(`journalctl --user -u batchd`, or the terminal it ran in)",
+        EXIT_DOWN,
+        E_NO_REPLY,
+    )
 
 
 # --- logs ----------------------------------------------------------------------------------

@@ -241,6 +241,7 @@ class RawResult:
     exit_code: int | None  # None when ended by a signal
     signal: int | None = None  # the signal that ended it, when not sent by batchd
     timed_out: bool = False
+    stalled: bool = False  # stopped after runner.stall_timeout without output
     interrupted: bool = False  # stopped by batchd (shutdown, pause --now, cancel)
     stdout_tail: bytes = b""
     stderr_tail: bytes = b""

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import anyio
 import msgspec
@@ -60,6 +60,11 @@ class Control(views.Reader, Protocol):
     def poke_spool(self) -> None: ...
 
     def reload(self) -> str | None: ...
+
+    @property
+    def restart_via(self) -> Literal["systemd", "exec"]: ...
+
+    def restart(self) -> None: ...
 
 
 def resolve(engine: Control, ref: shapes.BatchRef | None) -> Batch:
@@ -264,6 +269,13 @@ async def reload(engine: Control, _: shapes.NoArgs) -> shapes.Reloaded:
     if error is not None:
         raise BadArgs(error)
     return {"config": str(engine.cfg.paths.config), "slots": engine.cfg.queue.slots}
+
+
+async def restart(engine: Control, _: shapes.NoArgs) -> shapes.Restarting:
+    """Say what a restart will do; the server then calls ``Control.restart`` (SPEC 16)."""
+    running = len(engine.live.running)
+    log.info("restart asked: leaving %d running features running, coming back", running)
+    return {"pid": os.getpid(), "runs_left": running, "via": engine.restart_via}
 
 
 # --- logs ----------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import random
 from pathlib import Path
 from typing import Protocol
 
+import anyio
+
 from batchd import failpoints, queue, wording
 from batchd.batch import Batch
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
@@ -133,7 +135,8 @@ async def _start(host: Host, slot: Slot) -> Run | None:
             spec.log_path.parent.mkdir(mode=0o700)
         if batch.last_attempt.get(slot.index, (0, None))[1] == "interrupted":
             _mark_rerun(spec.log_path, host.clock.now())
-        run = await host.runner.start(spec)
+        with anyio.CancelScope(shield=True):  # a run that starts is recorded (a restart waits)
+            run = await host.runner.start(spec)
     except SpawnError as e:
         _trouble(host, batch, e)
         return None

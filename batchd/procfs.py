@@ -34,6 +34,12 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[_UTIME]) + int(fields[_STIME]) if fields and len(fields) > _STIME else None
 
 
+def parent(pid: int) -> int | None:
+    """The parent of ``pid``, or None if gone."""
+    fields = stat_fields(pid)
+    return int(fields[_PPID]) if fields and len(fields) > _PPID else None
+
+
 def is_alive(pid: int, started: int | None = None) -> bool:
     """Is ``pid`` a live (not zombie) process, and the one that started at ``started``?"""
     fields = stat_fields(pid)
@@ -74,6 +80,20 @@ def with_env(marker: bytes) -> list[int]:
         if b"\0" + marker in b"\0" + env and is_alive(pid):
             found.append(pid)
     return found
+
+
+def env_value(pid: int, key: str) -> str | None:
+    """The value of ``key`` in the environment ``pid`` started with, or None."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    prefix = key.encode() + b"="
+    for entry in env.split(b"\0"):
+        if entry.startswith(prefix):
+            return os.fsdecode(entry[len(prefix) :])
+    return None
 
 
 def children(pid: int) -> list[int]:

@@ -39,6 +39,7 @@ COMMANDS = (
     "consent",
     "prune",
     "reload",
+    "restart",
 )
 
 # Error codes a reply may carry.

@@ -1,12 +1,14 @@
-"""A local process group: spawn, stream output to a log, time out, kill the whole group.
+"""A local process group run by the daemon itself: spawn, stream output to a log, time out, kill.
 
-Owns the lifecycle of every process batchd starts on this machine (runner
-attempts of the local engine, and hooks): spawning without a shell in a new
-session, waiting through a pidfd, draining stdout and stderr (the attempt log
-keeps head and tail past ``max_log_bytes``; the last bytes of each stream are
-kept in memory for classification), and killing the process group (SIGTERM,
-grace, SIGKILL) on timeout, on stop, and when the leader leaves members
-behind. It never decides what an outcome means: that is ``classify``.
+Owns the hooks' processes (the daemon waits for them; they need not outlive
+it) and ``kill_group``, which the local engine also uses to end the group of
+a run it found again after a restart. Runner attempts are not started here:
+the keeper holds them (``batchd/keeper.py``). Spawning is without a shell in
+a new session, waiting goes through a pidfd, stdout and stderr are drained
+(the log keeps head and tail past ``max_log_bytes``; the last bytes of each
+stream are kept for classification), and the process group is killed
+(SIGTERM, grace, SIGKILL) on timeout, on stop, and when the leader leaves
+members behind. It never decides what an outcome means: that is ``classify``.
 
 Cancellation: ``Process.wait`` cleans up under a shield; when it is cancelled
 the group is killed and reaped before the cancellation proceeds.
@@ -14,69 +16,31 @@ the group is killed and reaped before the cancellation proceeds.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import math
 import os
 import select
 import signal
 import subprocess
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
-from batchd import procfs
+from batchd import groups, procfs
 from batchd.classify import RawResult
 from batchd.engines import RunRef, SpawnError
+from batchd.logsink import CHUNK, STDERR_TAIL, STDOUT_TAIL, LogSink, Tail
 
-STDERR_TAIL = 64 * 1024
-STDOUT_TAIL = 256 * 1024
-_CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT_S = 2.0  # a setsid() grandchild can hold the pipe: stop reading after this
 _POLL_S = 0.02
-
-
-def become_subreaper() -> bool:
-    """PR_SET_CHILD_SUBREAPER: orphaned descendants of runners are re-parented to us."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER = 36
-    except (OSError, AttributeError):
-        return False
-
 
 _KNOWN_CHILDREN: set[int] = set()
 
 
 def reap_orphans() -> int:
-    """Reap adopted orphans that have exited (never our own runner or hook children)."""
-    reaped = 0
-    for pid in procfs.children(os.getpid()):
-        if pid in _KNOWN_CHILDREN:
-            continue
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                reaped += 1
-    return reaped
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+    """Reap adopted orphans that have exited (never our own hook children)."""
+    return groups.reap_children(_KNOWN_CHILDREN)
 
 
 async def kill_group(
@@ -91,10 +55,10 @@ async def kill_group(
     for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if _group_gone(pgid, leader):
             return
-        _signal_group(pgid, sig)
+        groups.signal_group(pgid, sig)
         # SIGCONT so that a stopped member can act on SIGTERM.
         if sig == signal.SIGTERM:
-            _signal_group(pgid, signal.SIGCONT)
+            groups.signal_group(pgid, signal.SIGCONT)
         deadline = time.monotonic() + wait_s
         while not _group_gone(pgid, leader):
             if time.monotonic() >= deadline:
@@ -108,111 +72,10 @@ def _group_gone(pgid: int, leader: subprocess.Popen[bytes] | None) -> bool:
     """No live member left in the group (our own leader and adopted orphans reaped)."""
     if leader is not None and leader.returncode is None:
         leader.poll()
-    if not _group_alive(pgid):
+    if not groups.group_alive(pgid):
         return True
     reap_orphans()
-    return not _group_alive(pgid) or not procfs.group_members(pgid)
-
-
-# --- the log -------------------------------------------------------------------
-
-
-class LogSink:
-    """The attempt log: appended raw, 0600; past ``max_bytes`` keep the first and last halves.
-
-    A log that cannot be written (a full disk, a quota, an I/O error) never
-    stops the run: from the first failed write on, output is only drained (the
-    tails for classification are kept elsewhere) and ``error`` says why the log
-    is incomplete.
-    """
-
-    def __init__(self, path: Path | None, max_bytes: int) -> None:
-        self.path = path
-        self.fd: int | None = None
-        self.error: str | None = None
-        half = max_bytes // 2 if max_bytes > 0 else 1 << 62
-        self.half = half
-        self.head_left = half
-        self.tail: deque[bytes] = deque()
-        self.tail_bytes = 0
-        self.dropped = 0
-        if path is not None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                self.fd = os.open(path, flags, 0o600)
-            except OSError as e:
-                if e.errno not in _NO_ROOM:
-                    raise  # a link or a missing directory: not something to run past
-                self.error = f"cannot create the log: {e.strerror}"
-                return
-            self.head_left = max(0, half - os.fstat(self.fd).st_size)
-
-    def _write(self, data: bytes) -> None:
-        if self.fd is None:
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError as e:
-            self.error = f"cannot write the log: {e.strerror}"
-            os.close(self.fd)
-            self.fd = None
-
-    def write(self, data: bytes) -> None:
-        if self.fd is None:
-            return
-        if self.head_left > 0:
-            part = data[: self.head_left]
-            self._write(part)
-            self.head_left -= len(part)
-            data = data[len(part) :]
-            if not data:
-                return
-        self.tail.append(data)
-        self.tail_bytes += len(data)
-        while self.tail_bytes - len(self.tail[0]) >= self.half:
-            old = self.tail.popleft()
-            self.tail_bytes -= len(old)
-            self.dropped += len(old)
-
-    def close(self) -> None:
-        if self.fd is None:
-            return
-        tail = b"".join(self.tail)
-        if self.tail_bytes > self.half:
-            cut = self.tail_bytes - self.half
-            self.dropped += cut
-            tail = tail[cut:]
-        if self.dropped:
-            self._write(
-                f"\n[batchd: {self.dropped} bytes omitted here; the log keeps the first "
-                f"and the last {self.half} bytes]\n".encode()
-            )
-        if tail:
-            self._write(tail)
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
-
-
-class _Tail:
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.buf = bytearray()
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        self.buf += data
-        if len(self.buf) > 2 * self.cap:
-            del self.buf[: len(self.buf) - self.cap]
-
-    def value(self) -> bytes:
-        return bytes(self.buf[-self.cap :])
+    return not groups.members_left(pgid)
 
 
 # --- spawning and waiting ---------------------------------------------------------
@@ -239,23 +102,12 @@ def spawn(launch: Launch) -> Process:
         raise SpawnError("cwd", f"working directory {launch.cwd} does not exist")
     sink = LogSink(launch.log_path, launch.max_log_bytes)
     try:
-        proc = subprocess.Popen(
-            launch.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=launch.cwd,
-            env=launch.env,
-            start_new_session=True,
-            close_fds=True,
+        proc = groups.start_in_session(
+            launch.argv, launch.env, launch.cwd, subprocess.PIPE, subprocess.PIPE, launch.what
         )
-    except OSError as e:
+    except groups.NotStarted as e:
         sink.close()
-        program = launch.argv[0] if launch.argv else "?"
-        if e.filename == launch.cwd and not os.path.isdir(launch.cwd):
-            raise SpawnError("cwd", f"working directory {launch.cwd} does not exist") from None
-        why = e.strerror or str(e)
-        raise SpawnError("runner", f"cannot start {launch.what} {program!r}: {why}") from None
+        raise SpawnError("cwd" if e.kind == "cwd" else "runner", e.message) from None
     _KNOWN_CHILDREN.add(proc.pid)
     return Process(proc, launch, sink)
 
@@ -269,8 +121,8 @@ class Process:
         self.start_time = procfs.start_time(proc.pid)
         self.launch = launch
         self.sink = sink
-        self.stdout = _Tail(launch.tail_caps[0])
-        self.stderr = _Tail(launch.tail_caps[1])
+        self.stdout = Tail(launch.tail_caps[0])
+        self.stderr = Tail(launch.tail_caps[1])
         self._stop_scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
         assert proc.stdout is not None and proc.stderr is not None
@@ -307,7 +159,7 @@ class Process:
         tail = self.stdout if fd == self._fds[0] else self.stderr
         while True:
             try:
-                data = os.read(fd, _CHUNK)
+                data = os.read(fd, CHUNK)
             except BlockingIOError:
                 return True
             if not data:
