@@ -58,7 +58,7 @@ def make_runner(cfg: Config, env: dict[str, str]) -> RunnerEngine:
     if cfg.runner.engine == "slurm":
         s = cfg.slurm
         return SlurmEngine(cfg.paths.state_dir, s.sbatch_args, float(s.poll_interval), env)
-    return LocalEngine(env)
+    return LocalEngine(env, cfg.paths.state_dir)
 
 
 @dataclass
@@ -169,6 +169,12 @@ async def _main(cfg: Config, store: Store, backend: str, reload: Reload) -> Exit
         if own_socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(own_socket)
+    return _exit(engine, listen_fd)
+
+
+def _exit(engine: Engine, listen_fd: int | None) -> Exit:
+    """A stop exits 0; one that left the runners running exits 75, or, for ``batchctl
+    restart`` in a terminal, executes the daemon again."""
     if not engine.leaving:
         log.info("batchd stopped")
         return Exit(EXIT_OK)

@@ -208,7 +208,7 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
     if raw.interrupted:
         why = slot.stop_reason or "stopped"
         batch.mark_interrupted(host.clock.now(), f"interrupted: {why}")
-        host.persist(batch)
+        _durable(host, slot)
         log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
         return
     rules = host.rules
@@ -237,7 +237,7 @@ async def _finish(
         rand=random.random,
     )
     failpoints.hit("before_outcome_write")
-    host.persist(batch, step.events)
+    _durable(host, slot, step.events)
     level, line = wording.outcome_message(batch, slot.index, attempt, verdict, step, rules.settings)
     log.log(level, "%s", line)
     if ran:
@@ -247,6 +247,12 @@ async def _finish(
         await host.batch_hook("on_breaker_open", batch)
     if step.finished:
         await host.batch_hook("on_batch_done", batch)
+
+
+def _durable(host: Host, slot: Slot, events: tuple[AuditEvent, ...] = ()) -> None:
+    """Persist the outcome; once it is on disk, the engine may forget what it kept."""
+    if host.persist(slot.batch, events) and slot.run is not None:
+        slot.run.recorded()
 
 
 def _log_health(host: Host, batch: Batch, index: int, error: str | None) -> None:

@@ -7,15 +7,20 @@ runs something locally, and talks to it over a socket pair: ``start`` (an
 JSON object per line. The keeper is the runners' parent: it holds their
 pipes, writes the attempt logs with their caps, keeps the tails, enforces
 ``runner.timeout`` and ``runner.stall_timeout`` counted from each run's start,
-ends each run's process group, and records each run in its run file next to
-the attempt log (``runfile``): first who holds it (before the daemon hears of
-the run), then how it ended (right after the daemon was told).
+and ends each run's process group.
 
-When the daemon goes away (kill -9, a crash, ``batchctl restart``, a stop
-that leaves the runners), the socket reaches its end and the keeper keeps
-going without it until its last run has ended and been recorded, then exits.
-The next daemon finds the runs again through the run files. SIGTERM to the
-keeper itself stops every run (recorded ``stopped``) and ends it.
+What the daemon has not made durable yet is kept here, and written to the
+run file next to the attempt log (``runfile``) as soon as the daemon goes
+away (kill -9, a crash, ``batchctl restart``, a stop that leaves the
+runners): the socket reaches its end, and the keeper records who holds each
+run still going and how each run the daemon did not acknowledge (``recorded``)
+ended. After that it records each end itself, and exits once its last run
+has ended. So a daemon that is there costs no file write per run. While it
+serves a daemon, the keeper holds a shared lock on the state dir's
+``keepers.lock``; it lets go only once its run files are written, and a
+starting daemon takes that lock exclusively before it looks for runs: it
+never looks before the files are there. SIGTERM to the keeper stops every run
+(recorded ``stopped``) and ends it.
 
 It runs in its own session (no terminal signal reaches it), is a child
 subreaper (what a runner orphans comes back to it and is reaped), and imports
@@ -25,6 +30,7 @@ milliseconds and stays small. It never decides what an outcome means.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -42,7 +48,7 @@ _RECV = 1 << 16
 
 
 class Keeper:
-    def __init__(self, sock: socket.socket, signals: int) -> None:
+    def __init__(self, sock: socket.socket, signals: int, lock: int | None = None) -> None:
         self.poller = select.epoll()
         self.sock: socket.socket | None = sock
         self.signals = signals
@@ -51,7 +57,10 @@ class Keeper:
         self.runs: dict[str, KeptRun] = {}
         self.by_fd: dict[int, KeptRun] = {}
         self.by_pid: dict[int, KeptRun] = {}
+        self.unacked: dict[str, tuple[KeptRun, runfile.Ended]] = {}  # told, not yet durable
+        self.lock = lock  # keepers.lock, shared, until the run files are written
         self.ending = False  # SIGTERM: every run stops, nothing new starts
+        self.base_env: dict[str, str] = {}  # an order's env_delta applies to this
         self.held = runfile.Held(os.getpid(), procfs.start_time(os.getpid()))
         sock.setblocking(False)
         self.poller.register(sock, select.EPOLLIN)
@@ -140,13 +149,17 @@ class Keeper:
             self._start(run_id, msg)
         elif op == "stop" and run_id in self.runs:
             self.runs[run_id].stop("stopped", time.monotonic())
+        elif op == "base" and isinstance(msg.get("env"), dict):
+            self.base_env = {str(k): str(v) for k, v in msg["env"].items()}
+        elif op == "recorded":
+            self.unacked.pop(run_id, None)
 
     def _start(self, run_id: str, msg: dict[str, Any]) -> None:
         try:
             if self.ending:
                 raise StartError("runner", "the keeper of local runs is stopping (SIGTERM)")
             try:
-                order = Order.of(msg)
+                order = Order.of({**msg, "env": {**self.base_env, **msg["env_delta"]}})
             except (KeyError, ValueError, TypeError, AttributeError) as e:
                 raise StartError("runner", f"malformed start request: {e!r}") from None
             run = KeptRun(order, self.poller, time.monotonic())
@@ -158,18 +171,22 @@ class Keeper:
         self.by_pid[run.pid] = run
         for fd in run.fds:
             self.by_fd[fd] = run
-        self._record(run, self.held)
         self._send({"op": "started", "run": run_id, "pid": run.pid, "start": run.start_time})
 
     def _finish(self, run: KeptRun) -> None:
-        """The run has ended: tell the daemon first (it waits), then record it."""
-        del self.runs[run.order.run_id]
+        """The run has ended: tell the daemon, and keep the end until it says it is durable;
+        with no daemon there, record it in the run file."""
+        run_id = run.order.run_id
+        del self.runs[run_id]
         self.by_pid.pop(run.pid, None)
         for fd in [fd for fd, r in self.by_fd.items() if r is run]:
             del self.by_fd[fd]
         ended = run.result()
-        self._send({"op": "ended", "run": run.order.run_id, "record": runfile.to_dict(ended)})
-        self._record(run, ended)
+        if self.sock is None:
+            self._record(run, ended)
+            return
+        self.unacked[run_id] = (run, ended)
+        self._send({"op": "ended", "run": run_id, "record": runfile.to_dict(ended)})
 
     def _record(self, run: KeptRun, record: runfile.Held | runfile.Ended) -> None:
         try:
@@ -192,6 +209,9 @@ class Keeper:
         try:
             while self.outbuf:
                 del self.outbuf[: self.sock.send(self.outbuf)]
+            # The daemon waits for what was just sent, and the kernel tends to wake it on
+            # this CPU: let it run now rather than after our own bookkeeping (run files).
+            os.sched_yield()
         except BlockingIOError:
             pass
         except OSError:
@@ -201,19 +221,46 @@ class Keeper:
         self.poller.modify(self.sock, events)
 
     def _drop_daemon(self) -> None:
+        """The daemon has gone: record what only this keeper knows, then let the next
+        daemon look (``keepers.lock``)."""
         if self.sock is None:
             return
         self.poller.unregister(self.sock)
         self.sock.close()
         self.sock = None
         self.outbuf.clear()
+        for run in self.runs.values():
+            self._record(run, self.held)
+        for run, ended in self.unacked.values():
+            self._record(run, ended)
+        self.unacked.clear()
+        if self.lock is not None:
+            os.close(self.lock)  # the shared lock goes with it
+            self.lock = None
 
 
-def main(fd: int) -> None:
-    """The keeper's process: ``fd`` is its end of the socket pair with the daemon."""
+def shared_lock(path: str) -> int | None:
+    """A shared flock on ``path`` (created 0600, never through a link); None without one."""
+    if not path:
+        return None
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as e:
+        print(f"{NAME}: cannot lock {path}: {e}", file=sys.stderr)
+        return None
+    return fd
+
+
+def main(fd: int, lock_path: str = "") -> None:
+    """The keeper's process: ``fd`` is its end of the socket pair with the daemon;
+    ``lock_path`` the state dir's ``keepers.lock`` (none: "")."""
     groups.set_name(NAME)
     groups.become_subreaper()
+    lock = shared_lock(lock_path)
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    Keeper(socket.socket(fileno=fd), read_end).serve()
+    os.set_inheritable(fd, False)  # runners start by posix_spawn: they inherit what is not
+    Keeper(socket.socket(fileno=fd), read_end, lock).serve()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,7 @@ class StartError(Exception):
         self.errno = errno
 
 
-def _spawn(order: Order) -> tuple[subprocess.Popen[bytes], LogSink, int, int]:
+def _spawn(order: Order) -> tuple[int, LogSink, int, int]:
     """Start the runner in its own session; its stdout's and stderr's read ends (ours)."""
     if not os.path.isdir(order.cwd):
         raise StartError("cwd", f"working directory {order.cwd} does not exist")
@@ -94,7 +93,7 @@ def _spawn(order: Order) -> tuple[subprocess.Popen[bytes], LogSink, int, int]:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = groups.start_in_session(order.argv, order.env, order.cwd, out_w, err_w)
+        pid = groups.spawn_in_session(order.argv, order.env, order.cwd, out_w, err_w)
     except groups.NotStarted as e:
         sink.close()
         for fd in (out_r, err_r):
@@ -103,7 +102,7 @@ def _spawn(order: Order) -> tuple[subprocess.Popen[bytes], LogSink, int, int]:
     finally:
         os.close(out_w)
         os.close(err_w)
-    return proc, sink, out_r, err_r
+    return pid, sink, out_r, err_r
 
 
 class KeptRun:
@@ -112,9 +111,9 @@ class KeptRun:
     def __init__(self, order: Order, poller: select.epoll, now: float) -> None:
         """Start it (``StartError`` when it cannot start); its fds join ``poller``."""
         self.order = order
-        self.proc, self.sink, out, err = _spawn(order)
-        self.pid = self.proc.pid
-        self.start_time = procfs.start_time(self.pid)
+        before = procfs.boottime_ns()
+        self.pid, self.sink, out, err = _spawn(order)
+        self.start_time = procfs.start_time_of_child(self.pid, before, procfs.boottime_ns())
         self._poller = poller
         self.stdout, self.stderr = Tail(STDOUT_TAIL), Tail(STDERR_TAIL)
         self._pipes = {out: self.stdout, err: self.stderr}
@@ -170,7 +169,6 @@ class KeptRun:
     def exited(self, status: int) -> None:
         """The leader was reaped with wait status ``status``."""
         self.status = status
-        self.proc.returncode = os.waitstatus_to_exitcode(status)  # never polled by Popen
 
     def stop(self, reason: str, now: float) -> None:
         """End the run now (the first reason counts): SIGTERM the group, SIGKILL later."""

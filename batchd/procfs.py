@@ -8,6 +8,7 @@ only; nothing here signals or waits for a process.
 from __future__ import annotations
 
 import os
+import time
 
 _STATE, _PPID, _PGRP, _UTIME, _STIME, _START = 0, 1, 2, 11, 12, 19  # after the comm field
 
@@ -26,6 +27,26 @@ def start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
     fields = stat_fields(pid)
     return int(fields[_START]) if fields and len(fields) > _START else None
+
+
+_TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def boottime_ns() -> int:
+    """CLOCK_BOOTTIME, the clock the kernel stamps a new process's start time with."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def start_time_of_child(pid: int, before_ns: int, after_ns: int) -> int | None:
+    """The start time of ``pid``, forked between two ``boottime_ns`` readings.
+
+    When both readings fall in one clock tick, that tick is the start time, with no read
+    of ``/proc/PID/stat`` (which, right after a spawn, waits for the child's exec to
+    finish: most of a millisecond). Else it is read as ``start_time`` does.
+    """
+    if before_ns // _TICK_NS == after_ns // _TICK_NS:
+        return before_ns // _TICK_NS
+    return start_time(pid)
 
 
 def cpu_ticks(pid: int) -> int | None:

@@ -4,11 +4,13 @@ Each test starts runs through ``LocalEngine`` as the daemon does, with the
 fake agent as the runner, and looks at what is left: the run's result, its
 run file, its attempt log, the processes of its group. A "daemon restart" is
 a second ``LocalEngine`` after the first one let go of its keeper (its
-``aclose``, which is what a daemon's end does to the socket).
+``aclose``, which is what a daemon's end does to the socket); the engines
+share ``tmp_path`` as their state dir (its ``keepers.lock``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import signal
@@ -20,18 +22,23 @@ import anyio
 import pytest
 
 from batchd import procfs, runfile
-from batchd.engines import LaunchSpec, RunRef, SpawnError
+from batchd.engines import LaunchSpec, Run, RunRef, SpawnError
 from batchd.engines.local import LocalEngine
 from tests.harness import FAKE_AGENT, alive, comm
 
 pytestmark = pytest.mark.anyio
 
 
+def prefix_of(tmp: Path) -> str:
+    """The run id prefix of one test's runs (its "state dir"), unique across test workers."""
+    return f"kt{hashlib.sha256(str(tmp).encode()).hexdigest()[:10]}-"
+
+
 def spec_for(tmp: Path, words: str, **kw: object) -> LaunchSpec:
     """A run of the fake agent with ``words``, its log under ``tmp/logs``."""
     logs = tmp / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
-    run_id = f"kt{os.getpid()}-b-0-1-{secrets.token_hex(4)}"
+    run_id = f"{prefix_of(tmp)}b-0-1-{secrets.token_hex(4)}"
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "FAKE_AGENT_LOG": str(tmp / "agent.jsonl"),
@@ -53,16 +60,17 @@ def group_left(pgid: int) -> list[int]:
     return procfs.group_members(pgid)
 
 
-def keeper_of(spec: LaunchSpec) -> int:
-    """The keeper that holds the run (from its run file)."""
-    record = runfile.read(runfile.path_for(spec.log_path, spec.run_id))
-    assert isinstance(record, runfile.Held), record
-    return record.keeper_pid
+def keeper_of(ref: RunRef) -> int:
+    """The keeper that holds the run: its runner's parent."""
+    assert ref.pid is not None
+    keeper = procfs.parent(ref.pid)
+    assert keeper is not None and comm(keeper) == "batchd-keeper", keeper
+    return keeper
 
 
 async def left_running(spec: LaunchSpec) -> RunRef:
     """Start ``spec`` through a daemon's engine that then lets go (as its end does)."""
-    first = LocalEngine()
+    first = LocalEngine(state_dir=Path(spec.cwd))
     run = await first.start(spec)
     await first.aclose()
     return run.ref
@@ -79,7 +87,7 @@ async def wait_until(pred: object, what: str, timeout: float = 30.0) -> None:
 async def test_a_run_ends_with_its_status_tails_log_and_run_file(tmp_path: Path) -> None:
     """A run's exit status, stdout and stderr tails come back; both streams are in the log;
     the run file next to the log records the same end."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     spec = spec_for(tmp_path, "x stdout=to_stdout stderr=to_stderr exit=3")
     run = await engine.start(spec)
     assert run.ref.pid is not None and run.ref.pid_start_time is not None
@@ -97,7 +105,7 @@ async def test_a_run_ends_with_its_status_tails_log_and_run_file(tmp_path: Path)
 async def test_start_errors_say_what_to_fix(tmp_path: Path) -> None:
     """A missing cwd or program is a SpawnError of its kind; a log that is a symlink is an
     OSError (the batch pauses), and nothing is written through the link."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     gone = spec_for(tmp_path, "x")
     gone = LaunchSpec(**{**gone.__dict__, "cwd": str(tmp_path / "nope")})
     with pytest.raises(SpawnError) as e:
@@ -123,7 +131,7 @@ async def test_start_errors_say_what_to_fix(tmp_path: Path) -> None:
 async def test_timeout_ends_the_whole_group_even_what_ignores_sigterm(tmp_path: Path) -> None:
     """runner.timeout counts from the start: the group gets SIGTERM, then SIGKILL after
     kill_grace; the member that ignores SIGTERM is gone too."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     spec = spec_for(tmp_path, "x ignore_term grandchild=60 sleep=60", timeout=1.0)
     started = time.monotonic()
     run = await engine.start(spec)
@@ -136,7 +144,7 @@ async def test_timeout_ends_the_whole_group_even_what_ignores_sigterm(tmp_path: 
 
 async def test_stall_timeout_stops_a_run_without_output(tmp_path: Path) -> None:
     """runner.stall_timeout: no output for that long ends the run, recorded as stalled."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     spec = spec_for(tmp_path, "x stdout=one_line sleep=60", stall_timeout=1.0)
     run = await engine.start(spec)
     raw = await run.wait()
@@ -147,7 +155,7 @@ async def test_stall_timeout_stops_a_run_without_output(tmp_path: Path) -> None:
 
 async def test_stop_ends_the_group_and_the_run_is_interrupted(tmp_path: Path) -> None:
     """stop (cancel, skip, pause --now, a daemon stop) ends the whole group: interrupted."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     spec = spec_for(tmp_path, "x ignore_term grandchild=60 sleep=60")
     run = await engine.start(spec)
     await wait_until(lambda: (tmp_path / "agent.jsonl").exists(), "the runner's start")
@@ -160,7 +168,7 @@ async def test_stop_ends_the_group_and_the_run_is_interrupted(tmp_path: Path) ->
 
 async def test_a_leftover_child_holding_the_pipes_does_not_hang_the_end(tmp_path: Path) -> None:
     """The leader exits, a child it left holds stdout: the child is ended, the run ends."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     run = await engine.start(spec_for(tmp_path, "x grandchild=60 stdout=done"))
     with anyio.fail_after(20):
         raw = await run.wait()
@@ -175,11 +183,13 @@ async def test_a_run_outlives_the_daemon_and_is_found_again(tmp_path: Path) -> N
     go = tmp_path / "go"
     spec = spec_for(tmp_path, f"x stdout=before wait={go} claude=ok")
     ref = await left_running(spec)  # the daemon is gone (kill -9 closes the socket alike)
-    keeper = keeper_of(spec)
+    keeper = keeper_of(ref)
     assert ref.pid is not None and alive(ref.pid) and alive(keeper)
-    second = LocalEngine()
+    second = LocalEngine(state_dir=tmp_path)
     found = await second.reattach(ref, spec)
     assert found is not None and found.ref == ref
+    held = runfile.read(runfile.path_for(spec.log_path, spec.run_id))
+    assert held == runfile.Held(keeper, procfs.start_time(keeper))  # written as it let go
     go.touch()
     raw = await found.wait()
     assert raw.exit_code == 0 and not raw.interrupted
@@ -195,7 +205,7 @@ async def test_a_run_that_ended_meanwhile_is_judged_from_its_run_file(tmp_path: 
     ref = await left_running(spec)
     path = runfile.path_for(spec.log_path, spec.run_id)
     await wait_until(lambda: isinstance(runfile.read(path), runfile.Ended), "the record")
-    found = await LocalEngine().reattach(ref, spec)
+    found = await LocalEngine(state_dir=tmp_path).reattach(ref, spec)
     assert found is not None
     raw = await found.wait()
     assert raw.exit_code == 7 and b"boom" in raw.stderr_tail
@@ -208,7 +218,7 @@ async def test_timeout_counts_from_the_start_across_a_restart(tmp_path: Path) ->
     started = time.monotonic()
     ref = await left_running(spec)
     await anyio.sleep(1.5)  # the daemon is away for half the time limit
-    found = await LocalEngine().reattach(ref, spec)
+    found = await LocalEngine(state_dir=tmp_path).reattach(ref, spec)
     assert found is not None
     raw = await found.wait()
     assert raw.timed_out
@@ -219,7 +229,7 @@ async def test_stop_of_a_found_run_ends_its_whole_group(tmp_path: Path) -> None:
     """cancel of a re-attached run: its group (with a member ignoring SIGTERM) is gone."""
     spec = spec_for(tmp_path, "x ignore_term grandchild=60 sleep=60")
     ref = await left_running(spec)
-    found = await LocalEngine().reattach(ref, spec)
+    found = await LocalEngine(state_dir=tmp_path).reattach(ref, spec)
     assert found is not None and ref.pid is not None
     found.stop("cancelled")
     raw = await found.wait()
@@ -241,7 +251,7 @@ async def test_the_log_cap_holds_across_a_restart(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, "x", max_log_bytes=1000)
     spec = LaunchSpec(**{**spec.__dict__, "argv": [sys.executable, "-c", CHATTY, str(go)]})
     ref = await left_running(spec)
-    found = await LocalEngine().reattach(ref, spec)
+    found = await LocalEngine(state_dir=tmp_path).reattach(ref, spec)
     assert found is not None
     go.touch()
     raw = await found.wait()
@@ -257,28 +267,28 @@ async def test_a_run_nothing_holds_is_ended_and_interrupted(tmp_path: Path) -> N
     a reader is ended at re-attach, and the attempt is interrupted (None)."""
     spec = spec_for(tmp_path, "x sleep=60")
     ref = await left_running(spec)
-    keeper = keeper_of(spec)
+    keeper = keeper_of(ref)
     os.kill(keeper, signal.SIGKILL)
     await wait_until(lambda: not alive(keeper), "the keeper's death")
     assert ref.pid is not None and alive(ref.pid)
-    assert await LocalEngine().reattach(ref, spec) is None
+    assert await LocalEngine(state_dir=tmp_path).reattach(ref, spec) is None
     assert not alive(ref.pid) and group_left(ref.pid) == []
 
 
 async def test_a_keeper_killed_under_the_daemon_interrupts_its_runs(tmp_path: Path) -> None:
     """The keeper dies while the daemon waits: the run is interrupted (its runner ended),
     and the next start gets a new keeper."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     spec = spec_for(tmp_path, "x sleep=60")
     run = await engine.start(spec)
-    keeper = keeper_of(spec)
+    keeper = keeper_of(run.ref)
     os.kill(keeper, signal.SIGKILL)
     raw = await run.wait()
     assert raw.interrupted
     assert run.ref.pid is not None and not alive(run.ref.pid)
     again = spec_for(tmp_path, "x sleep=60")
     second = await engine.start(again)
-    assert keeper_of(again) != keeper
+    assert keeper_of(second.ref) != keeper
     second.stop("done")
     assert (await second.wait()).interrupted
     await engine.aclose()
@@ -287,11 +297,10 @@ async def test_a_keeper_killed_under_the_daemon_interrupts_its_runs(tmp_path: Pa
 async def test_sigterm_to_the_keeper_stops_its_runs(tmp_path: Path) -> None:
     """SIGTERM to the keeper (a system shutdown): every run is stopped and recorded as
     stopped, which the daemon takes for an interruption; then the keeper exits."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     spec = spec_for(tmp_path, "x sleep=60")
     run = await engine.start(spec)
-    keeper = keeper_of(spec)
-    assert comm(keeper) == "batchd-keeper"
+    keeper = keeper_of(run.ref)
     os.kill(keeper, signal.SIGTERM)
     raw = await run.wait()
     assert raw.interrupted
@@ -306,11 +315,11 @@ async def test_sigterm_to_the_keeper_stops_its_runs(tmp_path: Path) -> None:
 async def test_stop_orphans_spares_the_runs_it_knows(tmp_path: Path) -> None:
     """At start-up, runs of this state dir that no attempt records are stopped; a known
     (re-attached) one is left alone."""
-    engine = LocalEngine()
+    engine = LocalEngine(state_dir=tmp_path)
     known = await engine.start(spec_for(tmp_path, "x sleep=60"))
     unknown = await engine.start(spec_for(tmp_path, "x sleep=60"))
     assert isinstance(known.ref.pid, int) and isinstance(unknown.ref.pid, int)
-    prefix = f"kt{os.getpid()}-"
+    prefix = prefix_of(tmp_path)
     known_id = procfs.env_value(known.ref.pid, "BATCHD_RUN_ID")
     assert known_id is not None
     stopped = await engine.stop_orphans(prefix, {known_id})
@@ -320,3 +329,29 @@ async def test_stop_orphans_spares_the_runs_it_knows(tmp_path: Path) -> None:
     known.stop("done")
     assert (await known.wait()).interrupted
     await engine.aclose()
+
+
+async def test_a_new_daemon_waits_for_the_run_files_of_the_old_keeper(tmp_path: Path) -> None:
+    """The daemon that starts next looks for runs only once the previous keeper has written
+    its run files (it holds keepers.lock until then): a keeper slow to write them (here
+    frozen with SIGSTOP) does not make a live run look lost."""
+    spec = spec_for(tmp_path, "x sleep=60")
+    first = LocalEngine(state_dir=tmp_path)
+    run = await first.start(spec)
+    keeper = keeper_of(run.ref)
+    os.kill(keeper, signal.SIGSTOP)
+    await first.aclose()
+    found: list[Run | None] = []
+
+    async def look() -> None:
+        found.append(await LocalEngine(state_dir=tmp_path).reattach(run.ref, spec))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(look)
+        await anyio.sleep(0.5)  # what would be time enough to take the run for lost
+        assert found == []
+        os.kill(keeper, signal.SIGCONT)
+    [again] = found
+    assert again is not None and run.ref.pid is not None and alive(run.ref.pid)
+    again.stop("done")
+    assert (await again.wait()).interrupted

@@ -96,3 +96,17 @@ def test_systemctl_restart_with_on_stop_leave_keeps_the_runner(manager: UserMana
     assert alive(runner)
     service.wait_for(lambda: service.status()["running"][0]["pid"] == runner, what="followed")
     finishes_once(service, go)
+
+
+def test_kill9_of_batchd_leaves_the_runner_to_the_next_batchd(manager: UserManager) -> None:
+    """SIGKILL of batchd's main pid: systemd restarts it (Restart=on-failure) and kills
+    nothing else; the new batchd follows the runner to its end, recorded once."""
+    service = start_service(manager)
+    first_pid = service.main_pid()
+    go = manager.home / "go"
+    runner = long_run(service, go)
+    manager.systemctl("kill", "-s", "KILL", "--kill-whom=main", UNIT)
+    manager.wait_show(UNIT, timeout=60, NRestarts="1", ActiveState="active")
+    assert service.main_pid() != first_pid and alive(runner)
+    service.wait_for(lambda: service.status()["running"][0]["pid"] == runner, what="followed")
+    finishes_once(service, go)

@@ -86,6 +86,11 @@ class Run(Protocol):
         """End the attempt now; ``wait`` then returns with ``interrupted``. Idempotent."""
         ...
 
+    def recorded(self) -> None:
+        """The outcome ``wait`` returned is durable in the state: what the engine kept to
+        judge the run after a restart may go."""
+        ...
+
     async def wait(self) -> RawResult: ...
 
 

@@ -17,7 +17,6 @@ the keeper runs goes on, which is the point.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 import batchd
 from batchd import runfile
@@ -38,11 +38,16 @@ log = logging.getLogger("batchd")
 # milliseconds) that imports batchd from where this daemon runs it.
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[3]); import batchd.keeper as k; "
-    "k.main(int(sys.argv[2]))"
+    "k.main(int(sys.argv[2]), sys.argv[4])"
 )
 _RECV = 1 << 20
 _EXIT_WAIT_S = 2.0  # at the daemon's stop: how long to wait for a keeper with nothing to hold
 _STUCK_POLL_S = 0.02  # a request that did not fit in the socket is retried this often
+_DELTA_MAX = 32  # keys an order may change before the keeper gets a new base environment
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class KeeperGone(Exception):
@@ -50,11 +55,13 @@ class KeeperGone(Exception):
 
 
 class KeeperLink:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        """Start a keeper now; ``OSError`` when it cannot be started."""
+    def __init__(self, env: Mapping[str, str], lock: Path | None = None) -> None:
+        """Start a keeper now (``lock``: the state dir's ``keepers.lock``, which it holds
+        shared while it serves this daemon); ``OSError`` when it cannot be started."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         root = str(Path(batchd.__file__).resolve().parent.parent)
-        argv = [sys.executable, "-I", "-S", "-c", _BOOT, NAME, str(theirs.fileno()), root]
+        fd = str(theirs.fileno())
+        argv = [sys.executable, "-I", "-S", "-c", _BOOT, NAME, fd, root, str(lock or "")]
         try:
             theirs.set_inheritable(True)
             self.pid = os.posix_spawn(
@@ -80,6 +87,7 @@ class KeeperLink:
         self._replies: dict[str, dict[str, Any]] = {}  # started / failed, by run id
         self._ended: dict[str, dict[str, Any]] = {}
         self._open: set[str] = set()  # runs started and not yet heard to end
+        self._base_env: dict[str, str] | None = None  # what env_delta is relative to
         self._reading = False
         self._changed = anyio.Event()
         log.debug("keeper of local runs started (pid %d)", self.pid)
@@ -91,7 +99,8 @@ class KeeperLink:
     async def start(self, order: dict[str, Any]) -> dict[str, Any]:
         """Send a ``start`` order; its ``started`` or ``failed`` reply (``KeeperGone``)."""
         run_id = str(order["run"])
-        self._send({"op": "start", **order})
+        env = order.pop("env")
+        self._send({"op": "start", **order, "env_delta": self._env_delta(env)})
         await self._until(lambda: run_id in self._replies)
         reply = self._replies.pop(run_id, None)
         if reply is None:
@@ -106,10 +115,30 @@ class KeeperLink:
         self._open.discard(run_id)
         return self._ended.pop(run_id, None)
 
+    def _env_delta(self, env: dict[str, str]) -> dict[str, str]:
+        """What ``env`` adds to the environment the keeper was last given (``base``): the
+        same for every run but its ``BATCHD_*`` values, so an order carries a few keys."""
+        base = self._base_env
+        if base is None or any(k not in env for k in base):
+            base = {k: v for k, v in env.items() if not k.startswith("BATCHD_")}
+        delta = {k: v for k, v in env.items() if base.get(k) != v}
+        if base is not self._base_env and not self.lost:
+            self._base_env = base
+            self._send({"op": "base", "run": "", "env": base})
+        elif len(delta) > _DELTA_MAX:  # another runner profile's env: a new base
+            self._base_env = None
+            return self._env_delta(env)
+        return delta
+
     def stop(self, run_id: str) -> None:
         """Ask the keeper to stop the run (its ``ended`` follows)."""
         if not self.lost:
             self._send({"op": "stop", "run": run_id})
+
+    def recorded(self, run_id: str) -> None:
+        """The run's end is durable in the state: the keeper need not keep it any more."""
+        if not self.lost:
+            self._send({"op": "recorded", "run": run_id})
 
     async def aclose(self) -> None:
         """Close the socket: the keeper goes on with its runs, or exits if it has none
@@ -128,13 +157,14 @@ class KeeperLink:
     def _send(self, msg: dict[str, Any]) -> None:
         if self.lost:
             return
-        self._outbuf += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        self._outbuf += _encode(msg) + b"\n"
         self._flush()
 
     def _flush(self) -> None:
         try:
             while self._outbuf:
                 del self._outbuf[: self._sock.send(self._outbuf)]
+            os.sched_yield()  # the keeper acts on it at once (it was woken on this CPU)
         except BlockingIOError:
             return
         except OSError:
@@ -182,9 +212,9 @@ class KeeperLink:
 
     def _dispatch(self, line: bytes) -> None:
         try:
-            msg = json.loads(line)
+            msg = _decode(line)
             op, run_id = msg["op"], str(msg["run"])
-        except (ValueError, KeyError, TypeError):
+        except (msgspec.DecodeError, KeyError, TypeError):
             log.error("keeper of local runs: a malformed line: %r", line[:200])
             return
         if op == "ended":

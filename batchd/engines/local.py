@@ -23,8 +23,11 @@ holds it then records it.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -38,8 +41,12 @@ from batchd.engines.process import kill_group
 if TYPE_CHECKING:
     from batchd.config import Config
 
+log = logging.getLogger("batchd")
+
 RECORD_POLL_S = 0.02  # a re-attached run that has exited: its record is looked for
 START_TIMEOUT_S = 30.0  # a keeper that does not answer a start in this time is stuck
+SETTLE_TIMEOUT_S = 10.0  # at start: the longest wait for earlier keepers' run files
+KEEPERS_LOCK = "keepers.lock"
 
 
 def order(spec: LaunchSpec) -> dict[str, Any]:
@@ -99,6 +106,9 @@ class _Followed:
     def describe(self) -> str | None:
         return None
 
+    def recorded(self) -> None:
+        return None
+
 
 class LocalRun(_Followed):
     """A run this daemon's keeper started; see ``batchd.engines.Run``."""
@@ -111,6 +121,9 @@ class LocalRun(_Followed):
         if self.stop_reason is None:
             self.stop_reason = reason
             self._keeper.stop(self.spec.run_id)
+
+    def recorded(self) -> None:
+        self._keeper.recorded(self.spec.run_id)
 
     async def wait(self) -> RawResult:
         msg = await self._keeper.ended(self.spec.run_id)
@@ -179,6 +192,14 @@ class FoundRun(_Followed):
             await anyio.sleep(RECORD_POLL_S)
 
 
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _pidfd(pid: int | None, start: int | None) -> int | None:
     """A pidfd of the live process ``pid`` that started at ``start``; None if it is gone."""
     if pid is None:
@@ -209,8 +230,11 @@ class LocalEngine:
     name = "local"
     keeps_runs = False  # a plain stop stops them (runner.on_stop = "stop"); they can be left
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        """``env``: the keeper's environment (the runner's own is in each ``LaunchSpec``)."""
+    def __init__(self, env: Mapping[str, str] | None = None, state_dir: Path | None = None) -> None:
+        """``env``: the keeper's environment (the runner's own is in each ``LaunchSpec``);
+        ``state_dir``: where ``keepers.lock`` is (None: no lock, for a test's engine)."""
+        self._lock = state_dir / KEEPERS_LOCK if state_dir is not None else None
+        self._settled = False
         self._env = {
             k: v
             for k, v in (os.environ if env is None else env).items()
@@ -221,8 +245,9 @@ class LocalEngine:
 
     def _keeper_now(self) -> KeeperLink:
         if self._keeper is None or self._keeper.lost:
+            self._settled = True  # from its own first keeper on, nothing earlier to wait for
             try:
-                self._keeper = KeeperLink(self._env)
+                self._keeper = KeeperLink(self._env, self._lock)
             except OSError as e:
                 raise SpawnError("runner", f"cannot start the keeper of local runs: {e}") from None
         return self._keeper
@@ -249,6 +274,7 @@ class LocalEngine:
 
     async def reattach(self, ref: RunRef, spec: LaunchSpec) -> Run | None:
         """The run recorded as ``ref``, found again through its run file (module docstring)."""
+        await self._keepers_settled()
         path = runfile.path_for(spec.log_path, spec.run_id)
         record = runfile.read(path)
         if isinstance(record, runfile.Held):
@@ -265,6 +291,7 @@ class LocalEngine:
     async def stop_orphans(self, run_id_prefix: str, known: set[str]) -> list[str]:
         """Stop every live process whose ``BATCHD_RUN_ID`` starts with the prefix and names
         no run in ``known``."""
+        await self._keepers_settled()
         stopped = []
         for pid in procfs.with_env(f"BATCHD_RUN_ID={run_id_prefix}".encode()):
             if procfs.env_value(pid, "BATCHD_RUN_ID") in known:
@@ -289,6 +316,27 @@ class LocalEngine:
         if self._keeper is not None:
             await self._keeper.aclose()
         self._reap_old_keepers()
+
+    async def _keepers_settled(self) -> None:
+        """Once, before looking for runs (recovery, before any keeper of this daemon):
+        until every keeper of an earlier daemon has written its run files (it holds
+        ``keepers.lock`` shared until then)."""
+        if self._settled or self._lock is None:
+            return
+        self._settled = True
+        try:
+            fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            log.warning("cannot open %s (%s): not waiting for earlier keepers", self._lock, e)
+            return
+        try:
+            with anyio.move_on_after(SETTLE_TIMEOUT_S) as scope:
+                while not _try_lock(fd):
+                    await anyio.sleep(RECORD_POLL_S)
+            if scope.cancelled_caught:
+                log.warning("a keeper of local runs did not write its run files in time")
+        finally:
+            os.close(fd)  # the exclusive lock, if taken, goes with it
 
     def _reap_old_keepers(self) -> None:
         self._old_keepers = {pid for pid in self._old_keepers if not exited_child(pid)}

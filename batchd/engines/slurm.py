@@ -193,6 +193,9 @@ class SlurmRun:
     def describe(self) -> str | None:
         return self._state
 
+    def recorded(self) -> None:
+        return None  # the wrapper's status file stays, as Slurm's own records do
+
     def stop(self, reason: str) -> None:
         if self._result is None and self._stop_reason is None:
             self._stop_reason = reason
