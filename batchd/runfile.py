@@ -18,6 +18,7 @@ would have it anyway. Never follows a symbolic link.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -112,9 +113,20 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _temp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def discard_temp(path: Path) -> None:
+    """Remove the temp file a keeper killed in the middle of a write left (call it only
+    when no keeper writes this run file any more)."""
+    with contextlib.suppress(OSError):
+        os.unlink(_temp(path))
+
+
 def write(path: Path, record: Held | Ended) -> None:
     """Replace the run file (a temp file beside it, then a rename); OSError on failure."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temp(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)
     try:

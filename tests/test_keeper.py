@@ -348,10 +348,34 @@ async def test_a_new_daemon_waits_for_the_run_files_of_the_old_keeper(tmp_path: 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(look)
-        await anyio.sleep(0.5)  # what would be time enough to take the run for lost
-        assert found == []
-        os.kill(keeper, signal.SIGCONT)
+        try:
+            await anyio.sleep(0.5)  # what would be time enough to take the run for lost
+            assert found == []
+        finally:
+            os.kill(keeper, signal.SIGCONT)  # never leave it frozen, even on a failure
     [again] = found
     assert again is not None and run.ref.pid is not None and alive(run.ref.pid)
     again.stop("done")
     assert (await again.wait()).interrupted
+
+
+def test_run_file_records_round_trip_and_garbage_reads_as_none(tmp_path: Path) -> None:
+    """A run file holds one record, read back as written; anything else (empty, cut short,
+    another version, a link) reads as no record; a killed writer's temp file can go."""
+    path = runfile.path_for(tmp_path / "0.1.log", "key-batch-0-1-abcd1234")
+    assert path.name == "0.1.log.local-abcd1234.exit"
+    ended = runfile.Ended(exit_code=None, signal=9, output_bytes=3, stdout_tail=b"\x00\xff")
+    for record in (runfile.Held(42, 7), ended):
+        runfile.write(path, record)
+        assert runfile.read(path) == record
+    for junk in (b"", b'{"v": 1, "exit', b'{"v": 2, "held_by": 1}', b'{"v": 1, "what": 1}'):
+        path.write_bytes(junk)
+        assert runfile.read(path) is None
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(runfile.encode(runfile.Held(1, 1)))
+    assert runfile.read(path) is None
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_bytes(b"cut")
+    runfile.discard_temp(path)
+    assert not temp.exists()

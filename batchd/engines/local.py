@@ -218,6 +218,7 @@ async def _unheld(spec: LaunchSpec, ref: RunRef) -> runfile.Ended | None:
     """A run no keeper holds any more: what it recorded, else its group is ended (None)."""
     path = runfile.path_for(spec.log_path, spec.run_id)
     record = runfile.read(path)
+    runfile.discard_temp(path)  # no keeper writes it any more
     if isinstance(record, runfile.Ended):
         return record
     if ref.pid is not None and procfs.is_alive(ref.pid, ref.pid_start_time):
@@ -284,6 +285,7 @@ class LocalEngine:
                 return FoundRun(spec, ref, held=record)
             record = runfile.read(path)  # it may have ended just now
         if isinstance(record, runfile.Ended):
+            runfile.discard_temp(path)  # final: nothing writes it any more
             return FoundRun(spec, ref, ended=record)
         await _unheld(spec, ref)
         return None
