@@ -134,6 +134,33 @@ def limit(args: Namespace) -> int:
     return reply(args, r, render.limits(r))
 
 
+RESTART_WAIT_S = 60.0  # systemd waits RestartSec= (5 s) before it starts batchd again
+RESTART_POLL_S = 0.2
+
+
+def restart(args: Namespace) -> int:
+    """Restart the daemon, leaving what runs running (SPEC 16); wait until it answers again."""
+    from batchctl.errors import E_NO_REPLY, EXIT_DOWN, Failure, die
+
+    path = socket_path(args)
+    asked = time.monotonic()
+    r: shapes.Restarting = call(path, "restart")
+    while time.monotonic() - asked < RESTART_WAIT_S:
+        time.sleep(RESTART_POLL_S)
+        try:
+            st: shapes.Status = call(path, "status")
+        except Failure:
+            continue  # between the two daemons
+        if st["daemon"]["uptime_s"] < time.monotonic() - asked:  # a new start
+            return reply(args, {**r, "pid": st["daemon"]["pid"]}, render.restarted(r, st))
+    die(
+        f"batchd did not come back within {RESTART_WAIT_S:g}s of the restart; see its log "
+        "(`journalctl --user -u batchd`, or the terminal it ran in)",
+        EXIT_DOWN,
+        E_NO_REPLY,
+    )
+
+
 def reload(args: Namespace) -> int:
     """Make the daemon re-read its config; a bad one is exit 1 with the daemon's error."""
     r: shapes.Reloaded = call(socket_path(args), "reload")

@@ -275,6 +275,14 @@ def limits(r: shapes.Limits) -> str:
     return "\n".join(out)
 
 
+def restarted(r: shapes.Restarting, st: shapes.Status) -> str:
+    pid = st["daemon"]["pid"]
+    how = "executed itself again" if r["via"] == "exec" else "started again by systemd"
+    same = "same pid" if pid == r["pid"] else f"was pid {r['pid']}"
+    left = plural(r["runs_left"], "running feature")
+    return f"batchd restarted (pid {pid}, {same}; {how}); {left} kept running, followed again"
+
+
 def reloaded(r: shapes.Reloaded) -> str:
     return f"reloaded {r['config']} ({plural(r['slots'], 'slot')})"
 

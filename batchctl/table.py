@@ -248,6 +248,12 @@ TABLE: tuple[Command, ...] = (
         sends=["reload"],
     ),
     Command(
+        "restart",
+        "restart the daemon; running features keep running and are followed again",
+        "control.restart",
+        sends=["restart", "status"],
+    ),
+    Command(
         "limit",
         "list the usage-limit waits; --clear ends them now (the next feature probes)",
         "control.limit",

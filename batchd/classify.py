@@ -124,13 +124,13 @@ class RawResult:
     exit_code: int | None  # None when ended by a signal
     signal: int | None = None  # the signal that ended it, when not sent by batchd
     timed_out: bool = False
+    stalled: bool = False  # stopped after runner.stall_timeout without output
     interrupted: bool = False  # stopped by batchd (shutdown, pause --now, cancel)
     stdout_tail: bytes = b""
     stderr_tail: bytes = b""
     output_bytes: int = 0
     log_error: str | None = None  # the attempt log is incomplete, and why
     cluster_state: str | None = None  # a cluster job's end state (Slurm: COMPLETED, TIMEOUT, ...)
-    stalled: bool = False  # stopped by runner.stall_timeout: silent on stdout and stderr
     codex: CodexFacts | None = None  # read from the whole stdout as it streamed; None: the tail
 
 

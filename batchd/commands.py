@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import anyio
 import msgspec
@@ -62,6 +62,11 @@ class Control(views.Reader, Protocol):
     def reload(self) -> str | None: ...
 
     def end_limit_wait(self, profile: str) -> None: ...
+
+    @property
+    def restart_via(self) -> Literal["systemd", "exec"]: ...
+
+    def restart(self) -> None: ...
 
 
 def resolve(engine: Control, ref: shapes.BatchRef | None) -> Batch:
@@ -284,6 +289,13 @@ async def limit(engine: Control, a: shapes.LimitArgs) -> shapes.Limits:
         if cleared:
             log.info("usage-limit wait ended by the user: %s", ", ".join(cleared))
     return {"limit_waits": views.limit_waits(engine), "cleared": cleared}
+
+
+async def restart(engine: Control, _: shapes.NoArgs) -> shapes.Restarting:
+    """Say what a restart will do; the server then calls ``Control.restart`` (SPEC 16)."""
+    running = len(engine.live.running)
+    log.info("restart asked: leaving %d running features running, coming back", running)
+    return {"pid": os.getpid(), "runs_left": running, "via": engine.restart_via}
 
 
 # --- logs ----------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -25,8 +27,9 @@ from batchd.config import Config
 from batchd.engine import Engine
 from batchd.engines import RunnerEngine
 from batchd.engines.local import LocalEngine
-from batchd.engines.process import become_subreaper
 from batchd.engines.slurm import SlurmEngine
+from batchd.exitcodes import EXIT_FATAL, EXIT_OK, EXIT_RESTART
+from batchd.groups import become_subreaper
 from batchd.parse import Limits
 from batchd.paths import ConfigError
 from batchd.rules import plan_reload
@@ -37,6 +40,7 @@ from batchd.store import Store, StoreError
 log = logging.getLogger("batchd")
 
 Reload = Callable[[], Config]
+SD_LISTEN_FDS_START = 3  # the first fd of sockets passed by systemd (sd_listen_fds(3))
 
 
 def limits_from(cfg: Config) -> Limits:
@@ -51,16 +55,27 @@ def limits_from(cfg: Config) -> Limits:
 
 
 def make_runner(cfg: Config, env: dict[str, str]) -> RunnerEngine:
+    # ``env``: of the Slurm commands, or of the keeper of local runs
     """The runner engine that ``runner.engine`` names."""
     if cfg.runner.engine == "slurm":
         s = cfg.slurm
         return SlurmEngine(cfg.paths.state_dir, s.sbatch_args, float(s.poll_interval), env)
-    return LocalEngine()
+    return LocalEngine(env, cfg.paths.state_dir)
+
+
+@dataclass
+class Exit:
+    """How ``_main`` ended: the exit code, and whether to execute the daemon again."""
+
+    code: int
+    reexec: bool = False
+    listen_fd: int | None = None  # a dup of the socket systemd passed, kept for the re-exec
 
 
 def run(cfg: Config, backend: str, reload: Reload) -> int:
-    """Run the daemon in the foreground; the exit code (0 clean, 1 fatal, 78 a spool or
-    state path that cannot be a directory of ours)."""
+    """Run the daemon in the foreground; the exit code (0 clean, 1 fatal, 75 left its
+    runners running). ``batchctl restart`` in a terminal executes the daemon again instead
+    (same pid), once the locks are released."""
     unusable = checkconfig.path_problems(cfg, socket=False)
     for problem in unusable:
         log.error("bad configuration: %s", problem)
@@ -73,18 +88,40 @@ def run(cfg: Config, backend: str, reload: Reload) -> int:
     except (StoreError, SpoolError, OSError) as e:
         log.error("%s", e)
         store.close()
-        return 1
+        return EXIT_FATAL
     become_subreaper()
     try:
-        return anyio.run(_main, cfg, store, spool_lock, backend, reload, backend=backend)
+        end = anyio.run(_main, cfg, store, spool_lock, backend, reload, backend=backend)
     finally:
         spool_lock.close()
         store.close()
+    if end.reexec:
+        _reexec(end.listen_fd)  # returns only if it failed
+    return end.code
+
+
+def _reexec(listen_fd: int | None) -> None:
+    """Execute this daemon again, same pid and argv: the runs it left are found again."""
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.info("batchd restarting: executing itself again (pid %d)", os.getpid())
+    if listen_fd is not None:  # the socket systemd-socket-activate passed: pass it on
+        if listen_fd != SD_LISTEN_FDS_START:
+            os.dup2(listen_fd, SD_LISTEN_FDS_START)
+        os.set_inheritable(SD_LISTEN_FDS_START, True)
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as e:
+        log.error("cannot execute %s again (%s): start batchd yourself", argv[0], e)
 
 
 async def _main(
     cfg: Config, store: Store, spool_lock: SpoolLock, backend: str, reload: Reload
-) -> int:
+) -> Exit:
     spool: Spool | None = None
 
     def poke() -> None:
@@ -117,6 +154,7 @@ async def _main(
     )
     stop = anyio.Event()
     own_socket: Path | None = None
+    listen_fd: int | None = None
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(_signals, engine)
@@ -126,7 +164,9 @@ async def _main(
             sock, own_socket = _socket(cfg)
             if sock is None:
                 tg.cancel_scope.cancel()
-                return 1
+                return Exit(EXIT_FATAL)
+            if own_socket is None:
+                listen_fd = os.dup(sock.fileno())
             listener = await anyio.abc.SocketListener.from_socket(sock)
             tg.start_soon(serve, listener, engine)
             tg.start_soon(spool.run, stop)
@@ -143,8 +183,19 @@ async def _main(
         if own_socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(own_socket)
-    log.info("batchd stopped")
-    return 0
+    return _exit(engine, listen_fd)
+
+
+def _exit(engine: Engine, listen_fd: int | None) -> Exit:
+    """A stop exits 0; one that left the runners running exits 75, or, for ``batchctl
+    restart`` in a terminal, executes the daemon again."""
+    if not engine.leaving:
+        log.info("batchd stopped")
+        return Exit(EXIT_OK)
+    if engine.restart_requested and engine.restart_via == "exec":
+        return Exit(EXIT_RESTART, reexec=True, listen_fd=listen_fd)
+    log.info("batchd stopped, leaving its runners running (exit %d)", EXIT_RESTART)
+    return Exit(EXIT_RESTART)
 
 
 def _status_notifier() -> Callable[[str], object] | None:
@@ -197,10 +248,12 @@ async def _signals(
             if signum == signal.SIGHUP:
                 engine.reload()
                 continue
+            leave = engine.cfg.runner.on_stop == "leave"
             if not engine.live.stopping:
-                log.info("received %s: stopping", signal.Signals(signum).name)
+                how = " (leaving the runners running: runner.on_stop = leave)" if leave else ""
+                log.info("received %s: stopping%s", signal.Signals(signum).name, how)
                 systemd.notify("STOPPING=1", "STATUS=stopping")
-            engine.stop()
+            engine.stop(leave=leave)
 
 
 def _reload(engine: Engine, spool: Spool, reload: Reload) -> str | None:

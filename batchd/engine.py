@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -92,6 +93,8 @@ class Engine:
         self._poke_spool = poke_spool
         self._reload = reload
         self._stopped = anyio.Event()
+        self.leaving = False  # the stop leaves the runs running (restart, on_stop = "leave")
+        self.restart_requested = False
         self._done_hooks: list[Batch] = []
         self._cwd_keys: dict[str, str] = {}
         self._dotenv = DotenvConsent()
@@ -253,11 +256,13 @@ class Engine:
             self._stop_runs(tg)
 
     def _stop_runs(self, tg: anyio.abc.TaskGroup) -> None:
-        """At a daemon stop: local runs are stopped (and recorded interrupted); runs that
-        outlive the daemon (Slurm jobs) are left running, and only the waiting stops: the
-        next start re-attaches to them."""
+        """At a daemon stop: local runs are stopped (and recorded interrupted), unless the
+        stop leaves them (``leaving``); Slurm jobs are always left. A run left running is
+        only no longer waited for: the next start re-attaches to it (SPEC 16)."""
         self.hooks.stop_all()
-        if self.runner.keeps_runs:
+        if self.runner.keeps_runs or self.leaving:
+            if self.live.running:
+                log.info("leaving %d running features running", len(self.live.running))
             tg.cancel_scope.cancel()
             return
         for slot in self.live.running.values():
@@ -293,11 +298,25 @@ class Engine:
             return
         await self.clock.sleep_until(self.clock.now() + WRITE_RETRY_S, self._stopped)
 
-    def stop(self) -> None:
-        """SIGTERM/SIGINT: start nothing more; the loop then ends what runs (``_stop_runs``)."""
+    def stop(self, leave: bool = False) -> None:
+        """SIGTERM/SIGINT: start nothing more; the loop then ends what runs (``_stop_runs``),
+        or with ``leave`` leaves it running."""
+        self.leaving = self.leaving or leave
         self.live.stopping = True
         self._stopped.set()
         self.live.wake.set()
+
+    def restart(self) -> None:
+        """``batchctl restart``: stop, leaving the runs running; ``daemon.run`` comes back."""
+        self.restart_requested = True
+        self.stop(leave=True)
+
+    @property
+    def restart_via(self) -> Literal["systemd", "exec"]:
+        """How this daemon comes back: systemd starts it again, or it executes itself."""
+        return (
+            "systemd" if self.env.get("NOTIFY_SOCKET") or self.env.get("INVOCATION_ID") else "exec"
+        )
 
     def notify_status(self) -> None:
         """Tell systemd (STATUS=) what the queue is doing, when that changed."""

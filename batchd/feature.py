@@ -22,6 +22,8 @@ import random
 from pathlib import Path
 from typing import Protocol
 
+import anyio
+
 from batchd import attempts, checking, failpoints, queue, waiting, wording
 from batchd.attempts import Evidence
 from batchd.batch import UNCHARGED, Batch
@@ -146,7 +148,8 @@ async def _start(host: Host, slot: Slot) -> Run | None:
             spec.log_path.parent.mkdir(mode=0o700)
         if batch.last_attempt.get(slot.index, (0, None))[1] in UNCHARGED:
             _mark_rerun(spec.log_path, host.clock.now())
-        run = await host.runner.start(spec)
+        with anyio.CancelScope(shield=True):  # a run that starts is recorded (a restart waits)
+            run = await host.runner.start(spec)
     except SpawnError as e:
         _trouble(host, batch, e)
         return None
@@ -218,7 +221,7 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
     if raw.interrupted:
         why = slot.stop_reason or "stopped"
         batch.mark_interrupted(host.clock.now(), f"interrupted: {why}")
-        host.persist(batch)
+        _durable(host, slot)
         log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
         return
     rules = host.rules
@@ -312,7 +315,7 @@ async def _finish(
         evidence=evidence,
     )
     failpoints.hit("before_outcome_write")
-    host.persist(batch, step.events)
+    _durable(host, slot, step.events)
     level, line = wording.outcome_message(batch, slot.index, attempt, verdict, step, rules.settings)
     log.log(level, "%s", line)
     await waiting.after_outcome(host, batch, slot.index, verdict)
@@ -323,6 +326,12 @@ async def _finish(
         await host.batch_hook("on_breaker_open", batch)
     if step.finished:
         await host.batch_hook("on_batch_done", batch)
+
+
+def _durable(host: Host, slot: Slot, events: tuple[AuditEvent, ...] = ()) -> None:
+    """Persist the outcome; once it is on disk, the engine may forget what it kept."""
+    if host.persist(slot.batch, events) and slot.run is not None:
+        slot.run.recorded()
 
 
 def _log_health(host: Host, batch: Batch, index: int, error: str | None) -> None:

@@ -8,8 +8,9 @@ only; nothing here signals or waits for a process.
 from __future__ import annotations
 
 import os
+import time
 
-_STATE, _PGRP, _START = 0, 2, 19  # indices after the comm field (fields 3, 5, 22 of proc(5))
+_STATE, _PPID, _PGRP, _START = 0, 1, 2, 19  # after the comm field (fields 3, 4, 5, 22 of proc(5))
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -26,6 +27,32 @@ def start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
     fields = stat_fields(pid)
     return int(fields[_START]) if fields and len(fields) > _START else None
+
+
+_TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def boottime_ns() -> int:
+    """CLOCK_BOOTTIME, the clock the kernel stamps a new process's start time with."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def start_time_of_child(pid: int, before_ns: int, after_ns: int) -> int | None:
+    """The start time of ``pid``, forked between two ``boottime_ns`` readings.
+
+    When both readings fall in one clock tick, that tick is the start time, with no read
+    of ``/proc/PID/stat`` (which, right after a spawn, waits for the child's exec to
+    finish: most of a millisecond). Else it is read as ``start_time`` does.
+    """
+    if before_ns // _TICK_NS == after_ns // _TICK_NS:
+        return before_ns // _TICK_NS
+    return start_time(pid)
+
+
+def parent(pid: int) -> int | None:
+    """The parent of ``pid``, or None if gone."""
+    fields = stat_fields(pid)
+    return int(fields[_PPID]) if fields and len(fields) > _PPID else None
 
 
 def is_alive(pid: int, started: int | None = None) -> bool:
@@ -68,6 +95,20 @@ def with_env(marker: bytes) -> list[int]:
         if b"\0" + marker in b"\0" + env and is_alive(pid):
             found.append(pid)
     return found
+
+
+def env_value(pid: int, key: str) -> str | None:
+    """The value of ``key`` in the environment ``pid`` started with, or None."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    prefix = key.encode() + b"="
+    for entry in env.split(b"\0"):
+        if entry.startswith(prefix):
+            return os.fsdecode(entry[len(prefix) :])
+    return None
 
 
 def children(pid: int) -> list[int]:

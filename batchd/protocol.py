@@ -40,6 +40,7 @@ COMMANDS = (
     "prune",
     "reload",
     "limit",
+    "restart",
 )
 
 # Error codes a reply may carry.

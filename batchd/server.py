@@ -20,6 +20,7 @@ import stat
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class Command:
     args: type  # a TypedDict of batchd.shapes
     handler: Handler | None = None
     stream: Stream | None = None
+    then: Callable[[Control], None] | None = None  # after the reply is out (restart)
 
 
 COMMAND_TABLE: dict[str, Command] = {
@@ -104,6 +106,7 @@ COMMAND_TABLE: dict[str, Command] = {
     "prune": Command(shapes.PruneArgs, commands.prune),
     "reload": Command(shapes.NoArgs, commands.reload),
     "limit": Command(shapes.LimitArgs, commands.limit),
+    "restart": Command(shapes.NoArgs, commands.restart, then=methodcaller("restart")),
 }
 assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"
 
@@ -231,7 +234,11 @@ class Connection:
             log.exception("control: %s failed", req.cmd)
             await self.send(error_line(req.id, E_INTERNAL, f"{req.cmd} failed: {e}"))
             return True
-        await self.send(_line({"v": VERSION, "id": req.id, "ok": True, "result": result}))
+        try:
+            await self.send(_line({"v": VERSION, "id": req.id, "ok": True, "result": result}))
+        finally:
+            if command.then is not None:
+                command.then(self.engine)  # the client may be gone: it asked all the same
         return True
 
     async def stream_events(

@@ -264,6 +264,12 @@ class Limits(TypedDict):
 # --- stream events (watch, logs --follow) ------------------------------------------------
 
 
+class Restarting(TypedDict):
+    pid: int  # of the daemon now; after a re-exec the same
+    runs_left: int  # features left running, followed again by the next start
+    via: Literal["systemd", "exec"]  # systemd starts it again, or it executes itself again
+
+
 class StatusEvent(TypedDict):
     type: Literal["status"]
     status: Status

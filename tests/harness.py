@@ -39,6 +39,25 @@ def alive(pid: int) -> bool:
     return raw[raw.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
+def comm(pid: int) -> str:
+    """The process's name (``/proc/PID/comm``), or "" when gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid``."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    return out
+
+
 def toml_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
@@ -95,7 +114,9 @@ class Daemon:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("BATCHD_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "BATCH_RETRY"))
+            if not k.startswith(
+                ("BATCHD_", "NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_", "BATCH_RETRY", "INVOCATION_ID")
+            )
         }
         env.update(
             BATCHD_CONFIG=str(self.config_path),
@@ -172,15 +193,56 @@ class Daemon:
             self.proc.kill()
         self.proc.wait()
 
+    def keepers(self) -> list[int]:
+        """The keepers that hold (or held) runs of this state dir and are alive: those its
+        run files name, and the daemon's own."""
+        found = set()
+        for path in self.state.glob("batches/*/logs/*.exit"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                found.add(int(json.loads(path.read_bytes())["held_by"]))
+        if self.proc is not None:
+            found.update(children(self.proc.pid))
+        return sorted(pid for pid in found if alive(pid) and comm(pid) == "batchd-keeper")
+
+    def power_cut(self) -> None:
+        """kill -9 of the daemon, its keepers and every runner: what a reboot leaves behind."""
+        keepers = self.keepers()
+        self.kill9()
+        for pid in keepers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # The keepers first: one that saw its runner die would record how.
+        poll(lambda: not any(alive(p) for p in keepers), 10, "the keepers' end", str)
+        runners = self.live_runners()
+        self.kill_runners()
+        poll(lambda: not any(alive(p) for p in runners), 10, "the runners' end", str)
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        # Leave no runner behind between tests.
+        self.kill_runners()  # leave no runner behind between tests
+
+    def live_runners(self) -> list[int]:
+        """The runners of this daemon still alive: a pid of the agent's log whose process
+        carries this daemon's agent log (an old pid may be another process by now)."""
+        mark = f"FAKE_AGENT_LOG={self.agent_log}".encode()
+        found = []
         for rec in self.agent_runs():
             if rec["event"] == "start":
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(rec["pid"]), signal.SIGKILL)
+                try:
+                    env = Path(f"/proc/{rec['pid']}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if mark in env:
+                    found.append(int(rec["pid"]))
+        return found
+
+    def kill_runners(self) -> None:
+        """SIGKILL to the process group of each live runner of this daemon."""
+        for pid in self.live_runners():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
     def stderr(self) -> str:
         try:

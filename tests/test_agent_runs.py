@@ -21,7 +21,7 @@ from batchd.agents import codex_facts
 from batchd.classify import Classifier, RawResult, RunnerTraits
 from batchd.engines import LaunchSpec
 from batchd.engines.local import LocalEngine
-from batchd.engines.process import STDOUT_TAIL
+from batchd.logsink import STDOUT_TAIL
 
 pytestmark = pytest.mark.anyio
 

@@ -92,6 +92,7 @@ async def world(
             tg.start_soon(engine.run, adopted)
             yield World(tmp_path, engine, spool)
             engine.stop()
+        await engine.runner.aclose()  # as the daemon does: the keeper of local runs exits
     finally:
         store.close()
 

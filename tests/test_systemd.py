@@ -66,14 +66,15 @@ def test_notify_sequence_ready_status_watchdog_stopping(
 def test_ready_only_after_orphan_is_gone(
     make_daemon: MakeDaemon, tmp_path: Path, ns: socket.socket
 ) -> None:
-    """Started with an in_progress batch and a live orphaned runner, READY=1 follows its death."""
+    """Started with a live orphaned runner that no attempt records (a kill between its start
+    and the record), READY=1 follows its death."""
     d = make_daemon()
-    d.start()
+    d.start(env={"BATCHD_FAILPOINTS": "after_spawn"}, wait=False)
     d.drop("o.txt", ["orphan ignore_term sleep=60"])
+    assert d.proc is not None and d.proc.wait(30) == -9
     d.wait_for(lambda: [r for r in d.agent_runs() if r["event"] == "start"], what="runner")
-    d.wait_for(lambda: d.batch_states()[0]["processing_history"], what="attempt record")
+    assert not d.batch_states()[0]["processing_history"]
     pid = int(next(r for r in d.agent_runs() if r["event"] == "start")["pid"])
-    d.kill9()
     d.start(wait=False, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
     msgs = drain(ns, lambda m: any("READY=1" in x for x in m))
     assert any("READY=1" in m for m in msgs)

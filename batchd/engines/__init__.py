@@ -51,9 +51,9 @@ class LaunchSpec:
     cwd: str
     log_path: Path  # the attempt log; a re-run of an interrupted attempt appends to it
     timeout: float = 0.0  # seconds; 0 = none
+    stall_timeout: float = 0.0  # seconds without output before the run is stopped; 0 = none
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     max_log_bytes: int = 10 * 1024 * 1024
-    stall_timeout: float = 0.0  # seconds without output before it is stopped; 0 = none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,10 +69,10 @@ class Run(Protocol):
     """One started attempt.
 
     ``wait`` returns once the attempt has ended: it exited, timed out
-    (``timed_out``), or was stopped by ``stop`` (``interrupted``). Cancellation:
-    cancelling ``wait`` stops the attempt (shielded, bounded by ``kill_grace``)
-    before the cancellation proceeds, except for engines whose runs outlive the
-    daemon by design (slurm), where it only stops waiting.
+    (``timed_out``), or was stopped by ``stop`` (``interrupted``). Runs outlive
+    the daemon (SPEC 12, 16): a local run is held by the keeper, a Slurm job by
+    the cluster. Cancellation: cancelling ``wait`` only stops the waiting; the
+    run goes on, and ``reattach`` finds it again after a restart.
     """
 
     @property
@@ -86,6 +86,11 @@ class Run(Protocol):
         """End the attempt now; ``wait`` then returns with ``interrupted``. Idempotent."""
         ...
 
+    def recorded(self) -> None:
+        """The outcome ``wait`` returned is durable in the state: what the engine kept to
+        judge the run after a restart may go."""
+        ...
+
     async def wait(self) -> RawResult: ...
 
 
@@ -93,8 +98,10 @@ class RunnerEngine(Protocol):
     """Starts attempts, and finds them again after a restart."""
 
     name: str
-    # Runs outlive the daemon (Slurm jobs): a daemon stop leaves them running and the next
-    # start re-attaches. False (local): a daemon stop stops them, recorded interrupted.
+    # True (Slurm): a daemon stop always leaves the runs running. False (local): a daemon
+    # stop stops them (recorded interrupted), unless it leaves them on purpose
+    # (``batchctl restart``, ``runner.on_stop = "leave"``). Either way the next start
+    # re-attaches to what runs.
     keeps_runs: bool
 
     async def start(self, spec: LaunchSpec) -> Run:
@@ -105,9 +112,10 @@ class RunnerEngine(Protocol):
         """After a daemon restart: the run recorded as ``ref``, to wait on again.
 
         A run that ended meanwhile comes back as a ``Run`` whose ``wait`` returns
-        at once with what it left behind. None when it cannot be waited on (the
-        local engine then has stopped it; a Slurm job that left no trace): the
-        attempt is recorded ``interrupted`` and runs again.
+        at once with what it left behind. None when it cannot be waited on (a
+        local run nothing holds any more, which the engine then has stopped; a
+        Slurm job that left no trace): the attempt is recorded ``interrupted``
+        and runs again.
         """
         ...
 

@@ -1,14 +1,13 @@
-"""A local process group: spawn, stream output to a log, time out, kill the whole group.
+"""A local process group run by the daemon itself: spawn, stream output to a log, time out, kill.
 
-Owns the lifecycle of every process batchd starts on this machine (runner
-attempts of the local engine, and hooks): spawning without a shell in a new
-session, waiting through a pidfd, draining stdout and stderr (the attempt log
-keeps head and tail past ``max_log_bytes``: ``output``; the last bytes of each
-stream are kept in memory for classification, and stdout is fed to
-``agents.CodexStream`` as it arrives, so the facts of a long codex run are
-exact however far past the tail it went), and killing the process group
-(SIGTERM, grace, SIGKILL) on timeout, on a stall (``stall_timeout`` seconds
-without a byte on stdout or stderr), on stop, and when the leader leaves
+Owns the hooks' processes (the daemon waits for them; they need not outlive
+it) and ``kill_group``, which the local engine also uses to end the group of
+a run it found again after a restart. Runner attempts are not started here:
+the keeper holds them (``batchd/keeper.py``). Spawning is without a shell in
+a new session, waiting goes through a pidfd, stdout and stderr are drained
+(the log keeps head and tail past ``max_log_bytes``; the last bytes of each
+stream are kept for classification), and the process group is killed
+(SIGTERM, grace, SIGKILL) on timeout, on stop, and when the leader leaves
 members behind. It never decides what an outcome means: that is ``classify``.
 
 Cancellation: ``Process.wait`` cleans up under a shield; when it is cancelled
@@ -17,8 +16,6 @@ the group is killed and reaped before the cancellation proceeds.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
 import os
 import select
@@ -30,56 +27,20 @@ from pathlib import Path
 
 import anyio
 
-from batchd import procfs
-from batchd.agents import CodexStream
+from batchd import groups, procfs
 from batchd.classify import RawResult
 from batchd.engines import RunRef, SpawnError
-from batchd.engines.output import LogSink, Tail
+from batchd.logsink import CHUNK, STDERR_TAIL, STDOUT_TAIL, LogSink, Tail
 
-STDERR_TAIL = 64 * 1024
-STDOUT_TAIL = 256 * 1024
-_CHUNK = 64 * 1024
 _DRAIN_AFTER_EXIT_S = 2.0  # a setsid() grandchild can hold the pipe: stop reading after this
 _POLL_S = 0.02
-
-
-def become_subreaper() -> bool:
-    """PR_SET_CHILD_SUBREAPER: orphaned descendants of runners are re-parented to us."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER = 36
-    except (OSError, AttributeError):
-        return False
-
 
 _KNOWN_CHILDREN: set[int] = set()
 
 
 def reap_orphans() -> int:
-    """Reap adopted orphans that have exited (never our own runner or hook children)."""
-    reaped = 0
-    for pid in procfs.children(os.getpid()):
-        if pid in _KNOWN_CHILDREN:
-            continue
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                reaped += 1
-    return reaped
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+    """Reap adopted orphans that have exited (never our own hook children)."""
+    return groups.reap_children(_KNOWN_CHILDREN)
 
 
 async def kill_group(
@@ -94,10 +55,10 @@ async def kill_group(
     for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if _group_gone(pgid, leader):
             return
-        _signal_group(pgid, sig)
+        groups.signal_group(pgid, sig)
         # SIGCONT so that a stopped member can act on SIGTERM.
         if sig == signal.SIGTERM:
-            _signal_group(pgid, signal.SIGCONT)
+            groups.signal_group(pgid, signal.SIGCONT)
         deadline = time.monotonic() + wait_s
         while not _group_gone(pgid, leader):
             if time.monotonic() >= deadline:
@@ -111,10 +72,10 @@ def _group_gone(pgid: int, leader: subprocess.Popen[bytes] | None) -> bool:
     """No live member left in the group (our own leader and adopted orphans reaped)."""
     if leader is not None and leader.returncode is None:
         leader.poll()
-    if not _group_alive(pgid):
+    if not groups.group_alive(pgid):
         return True
     reap_orphans()
-    return not _group_alive(pgid) or not procfs.group_members(pgid)
+    return not groups.members_left(pgid)
 
 
 # --- spawning and waiting ---------------------------------------------------------
@@ -131,7 +92,6 @@ class Launch:
     timeout: float = 0.0  # 0 = none
     kill_grace: float = 10.0
     max_log_bytes: int = 10 * 1024 * 1024
-    stall_timeout: float = 0.0  # seconds without output before it is stopped; 0 = none
     tail_caps: tuple[int, int] = field(default=(STDOUT_TAIL, STDERR_TAIL))
     what: str = "runner"
 
@@ -142,23 +102,12 @@ def spawn(launch: Launch) -> Process:
         raise SpawnError("cwd", f"working directory {launch.cwd} does not exist")
     sink = LogSink(launch.log_path, launch.max_log_bytes)
     try:
-        proc = subprocess.Popen(
-            launch.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=launch.cwd,
-            env=launch.env,
-            start_new_session=True,
-            close_fds=True,
+        proc = groups.start_in_session(
+            launch.argv, launch.env, launch.cwd, subprocess.PIPE, subprocess.PIPE, launch.what
         )
-    except OSError as e:
+    except groups.NotStarted as e:
         sink.close()
-        program = launch.argv[0] if launch.argv else "?"
-        if e.filename == launch.cwd and not os.path.isdir(launch.cwd):
-            raise SpawnError("cwd", f"working directory {launch.cwd} does not exist") from None
-        why = e.strerror or str(e)
-        raise SpawnError("runner", f"cannot start {launch.what} {program!r}: {why}") from None
+        raise SpawnError("cwd" if e.kind == "cwd" else "runner", e.message) from None
     _KNOWN_CHILDREN.add(proc.pid)
     return Process(proc, launch, sink)
 
@@ -174,9 +123,6 @@ class Process:
         self.sink = sink
         self.stdout = Tail(launch.tail_caps[0])
         self.stderr = Tail(launch.tail_caps[1])
-        self.codex = CodexStream()
-        self.stalled = False
-        self._last_output = 0.0  # anyio.current_time() of the last byte read; set by wait
         self._stop_scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
         assert proc.stdout is not None and proc.stderr is not None
@@ -213,7 +159,7 @@ class Process:
         tail = self.stdout if fd == self._fds[0] else self.stderr
         while True:
             try:
-                data = os.read(fd, _CHUNK)
+                data = os.read(fd, CHUNK)
             except BlockingIOError:
                 return True
             if not data:
@@ -222,17 +168,13 @@ class Process:
                 return False
             tail.add(data)
             self.sink.write(data)
-            self._last_output = anyio.current_time()
-            if tail is self.stdout:
-                self.codex.feed(data)
 
     async def _pump(self, until_exit: bool) -> None:
         """Drain both pipes until the leader exits (``until_exit``) or until both end.
 
         One epoll set holds the two pipes and the leader's pidfd, and the loop waits
         on that set alone: one coroutine per run instead of a reader task per pipe
-        and a waiter for the exit. Until the exit, ``stall_timeout`` seconds without
-        a byte on either pipe end the wait with ``stalled`` set.
+        and a waiter for the exit.
         """
         while True:
             for fd, _ in self._epoll.poll(0):
@@ -243,29 +185,14 @@ class Process:
                     self._read(fd)
             if self._exited if until_exit else not self._open:
                 return  # a leader that closed its stdout and stderr may still be running
-            if self._pidfd is None and until_exit and self.proc.poll() is not None:
-                self._exited = True  # no pidfd (old kernel): the exit is polled
-                continue
-            budget = self._wait_budget(until_exit)
-            if budget <= 0:
-                self.stalled = True
-                return
-            with anyio.move_on_after(budget):
+            if self._pidfd is None and until_exit:  # no pidfd (old kernel): poll the exit
+                if self.proc.poll() is not None:
+                    self._exited = True
+                    continue
+                with anyio.move_on_after(_POLL_S):
+                    await anyio.wait_readable(self._epoll.fileno())
+            else:
                 await anyio.wait_readable(self._epoll.fileno())
-
-    def _wait_budget(self, until_exit: bool) -> float:
-        """How long to wait for the epoll set: until the stall deadline, a poll of the
-        exit without a pidfd, or for ever; 0 or less when the run has stalled."""
-        budget = math.inf
-        if self._pidfd is None and until_exit:
-            budget = _POLL_S
-        if until_exit and self.launch.stall_timeout > 0:
-            deadline = self._last_output + self.launch.stall_timeout
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                return 0.0
-            budget = min(budget, left)
-        return budget
 
     async def wait(self) -> RawResult:
         """Wait for the end (exit, timeout or stop), kill leftovers, drain, return what happened."""
@@ -289,9 +216,8 @@ class Process:
         return self._result(timed_out)
 
     async def _wait_exit_or_stop(self) -> bool:
-        """True when the timeout fired; returns on exit, timeout, stall or stop."""
+        """True when the timeout fired; returns on exit, timeout or stop."""
         timeout = self.launch.timeout if self.launch.timeout > 0 else math.inf
-        self._last_output = anyio.current_time()
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as self._stop_scope:
             if self.stop_reason is not None:
                 self._stop_scope.cancel()
@@ -322,8 +248,7 @@ class Process:
     def _result(self, timed_out: bool) -> RawResult:
         rc = self.proc.returncode
         interrupted = self.stop_reason is not None
-        ours = timed_out or interrupted or self.stalled  # batchd sent the signal
-        sig = -rc if rc is not None and rc < 0 and not ours else None
+        sig = -rc if rc is not None and rc < 0 and not (timed_out or interrupted) else None
         return RawResult(
             exit_code=rc if rc is not None and rc >= 0 else None,
             signal=sig,
@@ -333,6 +258,4 @@ class Process:
             stderr_tail=self.stderr.value(),
             output_bytes=self.stdout.total,
             log_error=self.sink.error,
-            stalled=self.stalled and not interrupted,
-            codex=self.codex.facts(),
         )

@@ -90,6 +90,9 @@ class SlurmRun:
     def describe(self) -> str | None:
         return self.job.state.slurm_state
 
+    def recorded(self) -> None:
+        return None  # the wrapper's status file stays, as Slurm's own records do
+
     def stop(self, reason: str) -> None:
         if self.job.stop():
             log.info("cancelling Slurm job %s: %s", self.job_id, reason)
