@@ -38,9 +38,13 @@ async def run(tmp_path: Path, argv: list[str]) -> RawResult:
         cwd=str(tmp_path),
         log_path=tmp_path / "attempt.log",
     )
-    started = await LocalEngine().start(spec)
-    with anyio.fail_after(60):
-        return await started.wait()
+    engine = LocalEngine()
+    try:
+        started = await engine.start(spec)
+        with anyio.fail_after(60):
+            return await started.wait()
+    finally:
+        await engine.aclose()
 
 
 async def print_file(tmp_path: Path, name: str, code: int) -> RawResult:

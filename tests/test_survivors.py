@@ -135,9 +135,9 @@ def test_a_daemon_json_older_than_the_batches_never_reuses_a_seq(make_daemon: Ma
 def test_the_interrupted_mark_is_on_disk_before_anything_else_runs(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
-    """Recovery writes the interrupted mark of an attempt whose runner died with the daemon at
-    once (the paused queue runs nothing that would write it later); a second restart finds
-    nothing open and marks nothing again."""
+    """Recovery writes the interrupted mark of an attempt whose runner died with the daemon (a
+    power cut: runners outlive a mere kill -9) at once (the paused queue runs nothing that
+    would write it later); a second restart finds nothing open and marks nothing again."""
     d = make_daemon()
     go = tmp_path / "go"
     d.start()
@@ -146,7 +146,7 @@ def test_the_interrupted_mark_is_on_disk_before_anything_else_runs(
         lambda: (s := d.batch_states()) and s[0]["processing_history"], what="the attempt record"
     )
     d.ok("pause")  # survives the restarts: nothing runs after them
-    d.kill9()
+    d.power_cut()
     d.start()
     marked = "feature 1 attempt 1 was interrupted by the stop"
     assert d.stderr().count(marked) == 1
