@@ -8,11 +8,12 @@ children on the time limit, and its exit is never reaped by anyone else), with
 ``GIT_DIR``, ``GIT_WORK_TREE``, ``GIT_INDEX_FILE`` and the like removed from its
 environment (a hook of the user's repository may set them), optional locks off
 (``git status`` never writes the index behind the agent), and external diff
-programs and text conversions off.
+programs and text conversions off. ``Git`` is that runner, the one way batchd runs
+git: the worktree modules (SPEC 15) use it too.
 
 What this module must never do: fail an attempt. A git that is missing, hangs
 past the time limit or fails is logged and the answer is None (no evidence),
-never an exception to the caller. It never changes the repository.
+never an exception to the caller. Its evidence functions never change the repository.
 
 Cancellation: every call stops its git process group (shielded) before the
 cancellation proceeds.
@@ -148,27 +149,49 @@ def is_commit_id(text: str | None) -> bool:
 # --- IO: running git ----------------------------------------------------------------------
 
 
-class _Failed(Exception):
-    """A git call that did not answer; the reason is logged where it is caught."""
+class GitFailed(Exception):
+    """A git call that did not answer (or, from ``Git.ok``, failed); the message says which."""
 
 
-class _Git:
-    """git in one directory, every call within one deadline."""
+@dataclass(frozen=True)
+class GitResult:
+    code: int
+    stdout: bytes
+    stderr: bytes  # its last 4 KiB
 
-    def __init__(self, cwd: str, env: Mapping[str, str] | None, timeout: float) -> None:
+    def why(self) -> str:
+        """git's own words on stderr, sanitised, for a message."""
+        return sanitize(self.stderr.decode("utf-8", "replace").strip(), 300)
+
+
+class Git:
+    """git in one directory (``git -C DIR``, also its cwd), every call within one deadline.
+
+    ``env`` is the base environment (``git_env`` removes what points git elsewhere);
+    ``config`` is put before each call's arguments (``-c key=value`` pairs).
+    """
+
+    def __init__(
+        self,
+        cwd: str,
+        env: Mapping[str, str] | None,
+        timeout: float,
+        config: tuple[str, ...] = (),
+    ) -> None:
         self.cwd = cwd
         self.env = git_env(os.environ if env is None else env)
         self.timeout = timeout
         self.deadline = anyio.current_time() + timeout
+        self.config = config
 
-    async def run(self, *args: str) -> tuple[int, bytes]:
-        """Exit code and stdout of ``git ARGS``; ``_Failed`` when it did not run to its end."""
+    async def call(self, *args: str) -> GitResult:
+        """What ``git ARGS`` answered; ``GitFailed`` when it did not run to its end."""
         left = self.deadline - anyio.current_time()
         what = f"git {args[0]} in {self.cwd}"
         if left <= 0:
-            raise _Failed(f"{what}: no time left of {self.timeout:g} s")
+            raise GitFailed(f"{what}: no time left of {self.timeout:g} s")
         launch = Launch(
-            argv=[GIT, *_CONFIG, *args],
+            argv=[GIT, "-C", self.cwd, *_CONFIG, *self.config, *args],
             env=self.env,
             cwd=self.cwd,
             log_path=None,
@@ -180,24 +203,29 @@ class _Git:
         try:
             raw = await spawn(launch).wait()
         except (SpawnError, OSError) as e:
-            raise _Failed(f"{what}: {e}") from None
+            raise GitFailed(f"{what}: {e}") from None
         if raw.timed_out:
-            raise _Failed(f"{what}: no answer within {self.timeout:g} s; stopped")
+            raise GitFailed(f"{what}: no answer within {self.timeout:g} s; stopped")
         if raw.exit_code is None:
-            raise _Failed(f"{what}: killed by signal {raw.signal}")
+            raise GitFailed(f"{what}: killed by signal {raw.signal}")
         if raw.output_bytes > len(raw.stdout_tail):
-            raise _Failed(f"{what}: more than {OUTPUT_CAP} bytes of output")
-        if raw.exit_code != 0:
-            why = sanitize(raw.stderr_tail.decode("utf-8", "replace").strip(), 300)
-            log.debug("%s: exit %d: %s", what, raw.exit_code, why)
-        return raw.exit_code, raw.stdout_tail
+            raise GitFailed(f"{what}: more than {OUTPUT_CAP} bytes of output")
+        result = GitResult(raw.exit_code, raw.stdout_tail, raw.stderr_tail)
+        if result.code != 0:
+            log.debug("%s: exit %d: %s", what, result.code, result.why())
+        return result
+
+    async def run(self, *args: str) -> tuple[int, bytes]:
+        """Exit code and stdout of ``git ARGS``; ``GitFailed`` when it did not run to its end."""
+        result = await self.call(*args)
+        return result.code, result.stdout
 
     async def ok(self, *args: str) -> bytes:
         """stdout of a call that must succeed."""
-        code, out = await self.run(*args)
-        if code != 0:
-            raise _Failed(f"git {args[0]} in {self.cwd}: exit {code}")
-        return out
+        result = await self.call(*args)
+        if result.code != 0:
+            raise GitFailed(f"git {args[0]} in {self.cwd}: exit {result.code}: {result.why()}")
+        return result.stdout
 
     async def head(self) -> str | None:
         code, out = await self.run("rev-parse", "--verify", "-q", "HEAD")
@@ -210,8 +238,8 @@ async def head(
     """The commit checked out in ``cwd``; None outside a repository, before its first
     commit, or when git fails (logged)."""
     try:
-        return await _Git(cwd, env, timeout).head()
-    except _Failed as e:
+        return await Git(cwd, env, timeout).head()
+    except GitFailed as e:
         log.warning("git evidence: %s", e)
         return None
 
@@ -221,8 +249,8 @@ async def in_work_tree(
 ) -> bool:
     """Is ``cwd`` inside a git work tree? False when git fails too (logged)."""
     try:
-        code, out = await _Git(cwd, env, timeout).run("rev-parse", "--is-inside-work-tree")
-    except _Failed as e:
+        code, out = await Git(cwd, env, timeout).run("rev-parse", "--is-inside-work-tree")
+    except GitFailed as e:
         log.warning("git evidence: %s", e)
         return False
     return code == 0 and out.strip() == b"true"
@@ -245,18 +273,18 @@ async def evidence(
     if head_before is not None and not is_commit_id(head_before):
         log.warning("git evidence in %s: %r is not a commit id", cwd, head_before)
         return None
-    git = _Git(cwd, env, timeout)
+    git = Git(cwd, env, timeout)
     try:
         code, top = await git.run("rev-parse", "--show-toplevel")
         if code != 0:
             return None  # not in a work tree
         return await _collect(git, os.fsdecode(top.rstrip(b"\n")), head_before)
-    except _Failed as e:
+    except GitFailed as e:
         log.warning("git evidence: %s", e)
         return None
 
 
-async def _collect(git: _Git, top: str, before: str | None) -> GitEvidence:
+async def _collect(git: Git, top: str, before: str | None) -> GitEvidence:
     after = await git.head()
     commits, subjects = 0, []
     if after is not None and after != before:
@@ -265,7 +293,7 @@ async def _collect(git: _Git, top: str, before: str | None) -> GitEvidence:
         subjects = parse_subjects(await git.ok("log", f"-n{MAX_SUBJECTS}", "--format=%s", span))
     base = before or parse_head(await git.ok("hash-object", "-t", "tree", os.devnull))
     if base is None:
-        raise _Failed(f"git hash-object in {git.cwd}: no empty tree id")
+        raise GitFailed(f"git hash-object in {git.cwd}: no empty tree id")
     diff = parse_numstat(
         await git.ok("diff", "--numstat", "--no-ext-diff", "--no-textconv", base, "--")
     )

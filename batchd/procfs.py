@@ -1,4 +1,5 @@
-"""What /proc says about processes: start times, liveness, groups, environments, children.
+"""What /proc says about processes: start times, liveness, groups, environments, children,
+working directories.
 
 The one place that parses ``/proc/<pid>/stat`` (its ``comm`` field may hold
 spaces and parentheses: the fields are split after the last ``)``). Read
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 _STATE, _PPID, _PGRP, _START = 0, 1, 2, 19  # after the comm field (fields 3, 4, 5, 22 of proc(5))
 
@@ -77,17 +79,22 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
+def _mine() -> Iterator[int]:
+    """The pids of this user's processes, batchd's own excepted."""
+    uid, me = os.getuid(), os.getpid()
+    for pid in _pids():
+        try:
+            if pid != me and os.stat(f"/proc/{pid}").st_uid == uid:
+                yield pid
+        except OSError:
+            continue
+
+
 def with_env(marker: bytes) -> list[int]:
     """Live processes of this user whose environment holds ``marker`` (``KEY=value-prefix``)."""
-    uid = os.getuid()
-    me = os.getpid()
     found = []
-    for pid in _pids():
-        if pid == me:
-            continue
+    for pid in _mine():
         try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read()
         except OSError:
@@ -125,3 +132,18 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def with_cwd_under(path: str) -> list[int]:
+    """Live processes of this user whose working directory is ``path`` or inside it
+    (``path`` as ``os.path.realpath`` gives it; the kernel's cwd links are real paths)."""
+    inside = path.rstrip("/") + "/"
+    found = []
+    for pid in _mine():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if (cwd == path or cwd.startswith(inside)) and is_alive(pid):
+            found.append(pid)
+    return found
