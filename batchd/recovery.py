@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from batchd import queue
+from batchd import queue, runfile
 from batchd.batch import Batch
 from batchd.clock import Clock
 from batchd.engines import LaunchSpec, Run, RunnerEngine, RunRef
@@ -111,7 +111,17 @@ async def recover(engine: Recovering) -> list[Slot]:
     known = {slot.spec.run_id for slot in adopted if not slot.recheck}
     for line in await engine.runner.stop_orphans(engine.run_id_prefix, known):
         log.warning("recovery: stopped a run no attempt records: %s", line)
+    _discard_stale_run_temps(engine)  # after stop_orphans: the keepers have settled
     return adopted
+
+
+def _discard_stale_run_temps(engine: Recovering) -> None:
+    """Temp run files a keeper killed mid-write left beside closed attempts' logs."""
+    for batch in engine.live.batches.values():
+        attempt = batch.open_attempt()
+        keep = (attempt.feature_index, attempt.attempt) if attempt is not None else None
+        logs = engine.store.batch_dir(batch.batch_id) / "logs"
+        runfile.discard_stale_temps(logs, keep)
 
 
 def _interrupted(engine: Recovering, batch: Batch, index: int, number: int) -> None:

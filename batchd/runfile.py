@@ -127,6 +127,28 @@ def discard_temp(path: Path) -> None:
         os.unlink(_temp(path))
 
 
+def discard_stale_temps(logs_dir: Path, open_attempt: tuple[int, int] | None) -> int:
+    """At start, once the keepers have settled: remove the temp run files in ``logs_dir``
+    of attempts that are closed (a keeper killed while writing one left it; no keeper
+    writes a closed attempt's run file again). ``open_attempt``: (index, attempt) of the
+    batch's open attempt, whose run file a keeper may still write. How many were removed."""
+    keep = f"{open_attempt[0]}.{open_attempt[1]}.log." if open_attempt else None
+    removed = 0
+    try:
+        names = os.listdir(logs_dir)
+    except OSError:
+        return 0
+    for name in names:
+        if ".local-" not in name or not name.endswith(".exit.tmp"):
+            continue
+        if keep is not None and name.startswith(keep):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(logs_dir / name)
+            removed += 1
+    return removed
+
+
 def write(path: Path, record: Held | Ended) -> None:
     """Replace the run file (a temp file beside it, then a rename); OSError on failure."""
     tmp = _temp(path)
