@@ -122,36 +122,8 @@ def _reexec(listen_fd: int | None) -> None:
 async def _main(
     cfg: Config, store: Store, spool_lock: SpoolLock, backend: str, reload: Reload
 ) -> Exit:
-    spool: Spool | None = None
-
-    def poke() -> None:
-        if spool is not None:
-            spool.poke()
-
-    def reload_now() -> str | None:
-        assert spool is not None
-        return _reload(engine, spool, reload)
-
-    engine = Engine(
-        cfg,
-        store,
-        make_runner(cfg, dict(os.environ)),
-        backend=backend,
-        env=os.environ,
-        notify=_status_notifier(),
-        poke_spool=poke,
-        reload=reload_now,
-    )
-    spool = Spool(
-        cfg.paths.spool_dir,
-        limits_from(cfg),
-        cfg.spool.settle_ms,
-        lambda acc: intake.ingest(engine, acc),
-        clock=engine.clock,
-        lock=spool_lock,
-        report=engine.live.spool_report,
-        on_change=lambda trouble: engine.live.set_problem("spool", trouble),
-    )
+    """The daemon's life: wiring, recovery, the socket, ready, the loop, the stop."""
+    engine, spool = _wire(cfg, store, spool_lock, backend, reload)
     stop = anyio.Event()
     own_socket: Path | None = None
     listen_fd: int | None = None
@@ -184,6 +156,43 @@ async def _main(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(own_socket)
     return _exit(engine, listen_fd)
+
+
+def _wire(
+    cfg: Config, store: Store, spool_lock: SpoolLock, backend: str, reload: Reload
+) -> tuple[Engine, Spool]:
+    """The engine and the spool, each handed what it needs of the other."""
+    spool: Spool | None = None
+
+    def poke() -> None:
+        if spool is not None:
+            spool.poke()
+
+    def reload_now() -> str | None:
+        assert spool is not None
+        return _reload(engine, spool, reload)
+
+    engine = Engine(
+        cfg,
+        store,
+        make_runner(cfg, dict(os.environ)),
+        backend=backend,
+        env=os.environ,
+        notify=_status_notifier(),
+        poke_spool=poke,
+        reload=reload_now,
+    )
+    spool = Spool(
+        cfg.paths.spool_dir,
+        limits_from(cfg),
+        cfg.spool.settle_ms,
+        lambda acc: intake.ingest(engine, acc),
+        clock=engine.clock,
+        lock=spool_lock,
+        report=engine.live.spool_report,
+        on_change=lambda trouble: engine.live.set_problem("spool", trouble),
+    )
+    return engine, spool
 
 
 def _exit(engine: Engine, listen_fd: int | None) -> Exit:

@@ -250,20 +250,7 @@ def parse_request(name: str, data: bytes, limits: Limits) -> ParsedBatch:
         raise ParseError(f"{name}: invalid batch request: {e}") from None
     except msgspec.DecodeError as e:
         raise ParseError(f"{name}: not valid JSON: {e}") from None
-    cleaned: list[str] = []
-    for i, feature in enumerate(req.features):
-        where = f"{name}: features[{i}]"
-        _check_feature(where, feature, limits)
-        feature = feature.strip()
-        if feature:
-            cleaned.append(feature)
-    cleaned = _dedupe(cleaned)
-    if not cleaned:
-        raise ParseError(f"{name}: no features (the list is empty or blank)")
-    if len(cleaned) > limits.max_features:
-        raise ParseError(
-            f"{name}: {len(cleaned)} features, over spool.max_features ({limits.max_features})"
-        )
+    cleaned = _request_features(name, req.features, limits)
     if req.cwd is not None:
         _check_cwd(f"{name}: cwd", req.cwd)
     if req.issue_numbers is not None:
@@ -296,6 +283,24 @@ def parse_request(name: str, data: bytes, limits: Limits) -> ParsedBatch:
         issue_numbers=req.issue_numbers,
         options=options,
     )
+
+
+def _request_features(name: str, features: list[str], limits: Limits) -> list[str]:
+    """A request's features, each checked, stripped, blank ones and duplicates dropped."""
+    cleaned: list[str] = []
+    for i, feature in enumerate(features):
+        _check_feature(f"{name}: features[{i}]", feature, limits)
+        feature = feature.strip()
+        if feature:
+            cleaned.append(feature)
+    cleaned = _dedupe(cleaned)
+    if not cleaned:
+        raise ParseError(f"{name}: no features (the list is empty or blank)")
+    if len(cleaned) > limits.max_features:
+        raise ParseError(
+            f"{name}: {len(cleaned)} features, over spool.max_features ({limits.max_features})"
+        )
+    return cleaned
 
 
 def with_runners(limits: Limits, runners: frozenset[str]) -> Limits:
