@@ -59,6 +59,7 @@ def logs(args: Namespace) -> int:
         "path": r["path"],
         "text": r["text"],
         "truncated": r["truncated"],
+        "session_id": r.get("session_id"),
     }
     for a in r.get("attempts", [latest]):
         if args.all:

@@ -289,7 +289,9 @@ def reloaded(r: shapes.Reloaded) -> str:
 
 def log_header(a: shapes.AttemptLog) -> str:
     where = f"feature {a['index'] + 1} (index {a['index']})"
-    return f"==> {where}, attempt {a['attempt']}: {a['path']} <=="
+    session = a.get("session_id")
+    also = f", session {printable(session)}" if session else ""
+    return f"==> {where}, attempt {a['attempt']}{also}: {a['path']} <=="
 
 
 def finished_line(b: shapes.BatchItem) -> str:

@@ -82,6 +82,9 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
         )
     out.append("")
     out += feature_rows(s, result["feature_states"], now, width)
+    if s["processing_history"]:
+        out.append("")
+        out += attempt_rows(s["processing_history"], now, width)
     return "\n".join(out)
 
 
@@ -113,6 +116,83 @@ def feature_rows(state: dict[str, Any], states: list[str], now: float, width: in
         f"{used_tokens(history, state['context_token_estimate']):>6} {total_cost:>8}"
     )
     return out
+
+
+NONE = "–"  # what an attempt of an older batchd never recorded
+INDENT = " " * 7
+
+
+def attempt_rows(history: list[dict[str, Any]], now: float, width: int) -> list[str]:
+    """The evidence of each attempt (SPEC 14), named ``index.attempt`` like its log: time,
+    tokens, cost, the check; below it, what it changed in git and the agent's session."""
+    out = [
+        "attempts:",
+        f"{'RUN':>6} {'OUTCOME':<11} {'TIME':>7} {'TOKENS':>6} {'COST':>8}  CHECK",
+    ]
+    sessions = False
+    for a in history:
+        run = f"{a['feature_index']}.{a['attempt']}"
+        out.append(
+            f"{run:>6} {cut(attempt_outcome(a), 11):<11} {attempt_time(a, now):>7} "
+            f"{attempt_tokens(a):>6} {attempt_cost(a):>8}  {attempt_check(a)}"
+        )
+        more = [attempt_git(a["git"])] if a.get("git") else []
+        if a.get("session_id"):
+            sessions = True
+            more.append(f"session {printable(a['session_id'])}")
+        if more and len(INDENT + "; ".join(more)) <= width:
+            out.append(INDENT + "; ".join(more))
+        else:
+            out += [INDENT + m for m in more]
+    if sessions:
+        out.append("(to resume a session: claude --resume ID, or codex resume ID)")
+    return out
+
+
+def attempt_outcome(a: dict[str, Any]) -> str:
+    return str(a.get("outcome") or a.get("phase") or "running").replace("_", " ")
+
+
+def attempt_time(a: dict[str, Any], now: float) -> str:
+    running = a.get("outcome") is None
+    if a.get("duration_s") is None and not running:
+        return NONE
+    return human_duration(attempt_seconds(a, running, now))
+
+
+def attempt_cost(a: dict[str, Any]) -> str:
+    cost = a.get("cost_usd")
+    return NONE if cost is None else money(cost) if cost else "$0"
+
+
+def attempt_tokens(a: dict[str, Any]) -> str:
+    n = a.get("tokens")
+    return NONE if n is None else tokens(n, bool(a.get("tokens_estimated"))) if n else "0"
+
+
+def attempt_check(a: dict[str, Any]) -> str:
+    """passed, failed (exit N), timed out, no change (require_change), checking, or "–"
+    (no check ran, or an attempt of a batchd before checks)."""
+    if a.get("outcome") is None:
+        return "checking" if a.get("phase") == "verifying" else NONE
+    v = a.get("verify")
+    if v is not None:
+        if a.get("verified") or v.get("exit_code") == 0:
+            return "passed"
+        code = v.get("exit_code")
+        return "timed out" if code is None else f"failed (exit {code})"
+    if a.get("verified") is False:
+        return "no change"
+    return "passed" if a.get("verified") else NONE
+
+
+def attempt_git(g: dict[str, Any]) -> str:
+    """``2 commits, 3 files, +40/-2, dirty``: what an attempt changed in its work tree."""
+    text = (
+        f"{plural(g.get('commits', 0), 'commit')}, {plural(g.get('files_changed', 0), 'file')}, "
+        f"+{g.get('insertions', 0)}/-{g.get('deletions', 0)}"
+    )
+    return text + (", dirty" if g.get("dirty") else "")
 
 
 def used_tokens(attempts: list[dict[str, Any]], total: int | None = None) -> str:

@@ -271,6 +271,27 @@ TABLE: tuple[Command, ...] = (
         ["limit"],
     ),
     Command(
+        "report",
+        "the morning report: what needs you first, then every feature, then totals",
+        "report.report",
+        [
+            batch_arg("*"),
+            Arg(
+                "--since",
+                metavar="DURATION",
+                help="batches active or finished within it: 12h, 2d, 90m, 3600 (default 24h)",
+            ),
+            Arg(
+                "--format",
+                choices=("text", "markdown", "json"),
+                default="text",
+                metavar="FORMAT",
+                help="text (default), markdown (GitHub tables) or json",
+            ),
+        ],
+        ["report"],
+    ),
+    Command(
         "completion",
         "print a shell completion script",
         "completion.completion",

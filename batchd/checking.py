@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from batchd import feedback, gitinfo, verify
+from batchd import feedback, gitinfo, launch, template, verify
 from batchd.attempts import Evidence
 from batchd.batch import Batch
 from batchd.classify import Verdict, sanitize
@@ -106,8 +106,13 @@ async def after_agent(
 async def run(
     host: CheckHost, slot: Slot, agent: Verdict, git: GitEvidence | None, argv: list[str]
 ) -> Checked:
-    """Run the check (again, after a restart) and judge the attempt by it."""
+    """Run the check (again, after a restart) and judge the attempt by it. Its argv has the
+    runner's placeholders (``{feature}``, ``{index}``...; ``{{`` for a brace), as check-config
+    expects of it."""
     spec, cfg = slot.spec, host.rules.cfg
+    batch = slot.batch
+    values = launch.placeholders(batch, slot.index, batch.attempt_number(slot.index))
+    argv = template.render(argv, values)
     log.info(
         "%s: feature %d: checking: %s",
         slot.batch.batch_id,

@@ -27,6 +27,7 @@ from batchd.batch import Batch
 from batchd.errors import BadArgs, BadState, NotDurable, UnknownBatch
 from batchd.model import FINISHED, AuditEvent, parse_iso, utc_iso
 from batchd.protocol import is_batch_id
+from batchd.report import DEFAULT_SINCE_S
 from batchd.store import Store, StoreError
 from batchd.transitions import Settings
 
@@ -291,6 +292,15 @@ async def limit(engine: Control, a: shapes.LimitArgs) -> shapes.Limits:
     return {"limit_waits": views.limit_waits(engine), "cleared": cleared}
 
 
+async def report(engine: Control, a: shapes.ReportArgs) -> shapes.Report:
+    """The morning report (SPEC 14): the named batches (ids, seqs or 'last'), else every
+    batch active or finished in the last ``since_s`` seconds (default 24 h)."""
+    refs = a.get("batch_ids") or []
+    ids = list(dict.fromkeys(resolve(engine, ref).batch_id for ref in refs))
+    since_s = a.get("since_s", DEFAULT_SINCE_S)
+    return views.report_of(engine, ids or None, since_s)
+
+
 async def restart(engine: Control, _: shapes.NoArgs) -> shapes.Restarting:
     """Say what a restart will do; the server then calls ``Control.restart`` (SPEC 16)."""
     running = len(engine.live.running)
@@ -350,6 +360,7 @@ async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
         "path": str(path),
         "text": text,
         "truncated": truncated,
+        "session_id": _session(batch, index, attempt),
     }
     if a.get("all"):
         reply["attempts"] = []
@@ -357,9 +368,26 @@ async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
             p = engine.log_path(batch, index, n)
             t, cut = _read_tail(p, LOG_TEXT_MAX)
             reply["attempts"].append(
-                {"index": index, "attempt": n, "path": str(p), "text": t, "truncated": cut}
+                {
+                    "index": index,
+                    "attempt": n,
+                    "path": str(p),
+                    "text": t,
+                    "truncated": cut,
+                    "session_id": _session(batch, index, n),
+                }
             )
     return reply
+
+
+def _session(batch: Batch, index: int, attempt: int) -> str | None:
+    """The agent's session id recorded for that attempt (None: none, or an older entry)."""
+    found = (
+        a.session_id
+        for a in reversed(batch.state.processing_history)
+        if a.feature_index == index and a.attempt == attempt and a.session_id
+    )
+    return next(found, None)
 
 
 Event = shapes.LogEvent | shapes.AttemptEvent | shapes.WaitingEvent

@@ -31,7 +31,7 @@ from typing import Literal
 import anyio
 import anyio.abc
 
-from batchd import feature, launch, limitwait, queue, schedule, waiting, wording
+from batchd import feature, launch, limitwait, queue, reportfile, schedule, waiting, wording
 from batchd.batch import Batch
 from batchd.checkconfig import daemon_user, start_warnings
 from batchd.clock import Clock, SystemClock
@@ -381,11 +381,16 @@ class Engine:
         return await self._hook(name, batch, values, env)
 
     async def batch_hook(self, name: str, batch: Batch) -> None:
-        """``on_batch_done``/``on_breaker_open``: the batch's counts."""
+        """``on_batch_done``/``on_breaker_open``: the batch's counts; at the end of a batch,
+        also its report (``report.md``, ``BATCHD_REPORT_FILE``)."""
+        report = None
         if name == "on_batch_done":
             log.info("%s", wording.batch_done(batch))
+            report = reportfile.write(self, self.store, batch)
         state_file = self.store.batch_dir(batch.batch_id) / "state.json"
         env = launch.batch_hook_env(self._rules.base_env, batch, state_file)
+        if report is not None:
+            env["BATCHD_REPORT_FILE"] = str(report)
         await self._hook(name, batch, {"batch_id": batch.batch_id}, env)
 
     async def limit_hook(self, batch: Batch, profile: str, wait: LimitWait) -> None:

@@ -40,6 +40,7 @@ COMMANDS = (
     "prune",
     "reload",
     "limit",
+    "report",
     "restart",
 )
 

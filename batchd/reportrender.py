@@ -110,7 +110,7 @@ def cut(text: object, width: int) -> str:
 
 
 def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"
 
 
 def batch_title(b: shapes.ReportBatch) -> str:
@@ -154,7 +154,8 @@ def render_text(report: shapes.Report, *, width: int = 100, tz: tzinfo = UTC) ->
     t = report["totals"]
     out += [
         "",
-        f"Totals: {len(report['batches'])} batches, {t['features']} features: {summary(t)}",
+        f"Totals: {plural(len(report['batches']), 'batch')}, "
+        f"{plural(t['features'], 'feature')}: {summary(t)}",
         f"        {money_line(t)}",
     ]
     return "\n".join(out) + "\n"
@@ -231,7 +232,7 @@ def _batch_text(b: shapes.ReportBatch, width: int) -> list[str]:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEAD)]
     out = [
         cut(f"{batch_title(b)}  {b['batch_id']}  {status}", width),
-        f"  {c['features']} features: {summary(c)}",
+        f"  {plural(c['features'], 'feature')}: {summary(c)}",
         f"  {money_line(c)}",
         _row(_HEAD, widths) + "feature",
     ]
@@ -299,7 +300,7 @@ def render_markdown(report: shapes.Report, *, tz: tzinfo = UTC) -> str:
         out += [
             f"### {md(batch_title(b))} ({md_code(b['batch_id'])}): {md(status)}",
             "",
-            f"{c['features']} features: {md(summary(c))}; {md(money_line(c))}",
+            f"{plural(c['features'], 'feature')}: {md(summary(c))}; {md(money_line(c))}",
             "",
         ]
         head = ("index", "outcome", "attempts", "time", "cost", "commits", "+/-", "check")

@@ -106,6 +106,7 @@ COMMAND_TABLE: dict[str, Command] = {
     "prune": Command(shapes.PruneArgs, commands.prune),
     "reload": Command(shapes.NoArgs, commands.reload),
     "limit": Command(shapes.LimitArgs, commands.limit),
+    "report": Command(shapes.ReportArgs, commands.report),
     "restart": Command(shapes.NoArgs, commands.restart, then=methodcaller("restart")),
 }
 assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"

@@ -1,4 +1,4 @@
-"""What the daemon shows: status, list and show (SPEC 7 and 8). Read only.
+"""What the daemon shows: status, list, show and the report (SPEC 7, 8, 14). Read only.
 
 Views read the live state through ``Reader`` (the engine implements it) and
 return the shapes of ``shapes``. Nothing here changes a batch, writes a file,
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import msgspec
 
-from batchd import __version__, limitwait, shapes
+from batchd import __version__, limitwait, report, shapes
 from batchd.batch import Batch
 from batchd.clock import Clock
 from batchd.config import Config
@@ -114,6 +114,26 @@ def show(engine: Reader, batch: Batch) -> shapes.Show:
         "state": msgspec.to_builtins(batch.state),
         "retry": msgspec.to_builtins(batch.retry),
     }
+
+
+def report_of(
+    engine: Reader, batch_ids: list[str] | None = None, since_s: float = report.DEFAULT_SINCE_S
+) -> shapes.Report:
+    """The morning report (SPEC 14) of the live state as of now: the named batches, else
+    every unfinished one and those finished in the last ``since_s`` seconds."""
+    batches = engine.live.batches
+
+    def log_path(batch_id: str, index: int, attempt: int) -> Path:
+        return engine.log_path(batches[batch_id], index, attempt)
+
+    return report.build(
+        batches.values(),
+        queue=engine.live.queue,
+        log_path=log_path,
+        now=engine.clock.now(),
+        batch_ids=batch_ids,
+        since_s=since_s,
+    )
 
 
 def batch_item(engine: Reader, batch: Batch, global_mean: float | None) -> shapes.BatchItem:

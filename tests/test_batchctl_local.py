@@ -461,6 +461,9 @@ DAEMON_COMMANDS = [
     ["list", "--ids"],
     ["show", "7"],
     ["logs", "last", "-n", "5", "--all"],
+    ["report"],
+    ["report", "last", "7", "--format", "markdown"],
+    ["report", "--since", "12h", "--format", "json"],
 ]
 
 
@@ -613,6 +616,7 @@ READ = {  # ... and what a read command adds: its module, the wire, the text
     "batchd.paths",
 }
 COMPLETION = {"batchctl.completion", "batchctl.completion_model", "batchctl.completion_sh"}
+REPORT = START | (READ - {"batchctl.control", "batchctl.render_status"}) | {"batchctl.report"}
 
 
 @pytest.mark.parametrize(
@@ -621,13 +625,14 @@ COMPLETION = {"batchctl.completion", "batchctl.completion_model", "batchctl.comp
         (["status"], 3, START | READ),
         (["--version"], 0, START),
         (["completion", "bash"], 0, START | COMPLETION),
+        (["report", "--since", "2d"], 3, REPORT),
     ],
 )
 def test_fast_commands_import_nothing_new(
     local: Local, argv: list[str], code: int, allowed: set[str]
 ) -> None:
-    """status, --version and completion load, beyond a bare `import socket, json`, only
-    argparse and batchctl's own modules: the split added no import to the start."""
+    """status, --version, completion and report load, beyond a bare `import socket, json`,
+    only argparse and batchctl's own modules: the split added no import to the start."""
     floor = subprocess.run(
         [sys.executable, "-c", "import json, socket, sys; print(json.dumps(sorted(sys.modules)))"],
         env=local.env,
@@ -1090,7 +1095,9 @@ def test_show_lists_every_feature_with_its_status_and_cost() -> None:
     assert rows["4"][1:3] == ["pending", "0"]
     assert rows["5"][1:3] == ["cancelled", "0"]
     assert "error: TypeError: implement" in text
-    assert text.splitlines()[-1].split()[-1] == "$1.00"
+    [total] = [line.split() for line in text.splitlines() if line.split()[:1] == ["total"]]
+    assert total[-1] == "$1.00"
+    assert text.split("\nattempts:\n", 1)[1].startswith("   RUN OUTCOME")
     wide = render_batches.format_show(result, NOW, 700)
     assert ("broken " + LONG).strip() in wide
 

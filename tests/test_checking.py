@@ -199,3 +199,25 @@ def test_a_batch_check_wins_over_the_global_one(make_daemon: MakeDaemon, tmp_pat
     assert (attempt["outcome"], attempt["verified"]) == ("completed", True)
     shown = json.loads(d.ctl("--json", "show", state["batch_id"]).stdout)
     assert shown["state"]["verify"] == ["true"]
+
+
+def test_the_check_argv_gets_the_placeholders_and_literal_braces(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """A check's argv takes the runner's placeholders, each as one argument (never shell
+    code), and {{ }} as literal braces, as check-config asks of it."""
+    check = [
+        "sh",
+        "-c",
+        'printf "%s|%s\\n" "$1" "$2" >> ../seen; f() {{ :; }}; f',
+        "check",
+        "{feature} {index}.{attempt}",
+        "{{literal}}",
+    ]
+    d = checking_daemon(make_daemon, tmp_path, f"[verify]\ncommand = {toml_list(check)}\n")
+    d.start()
+    d.drop("f.txt", ["add $(touch ../pwned) login"])
+    [state] = d.wait_finished(1)
+    assert state["processing_history"][0]["verified"] is True
+    assert (tmp_path / "seen").read_text() == "add $(touch ../pwned) login 0.1|{literal}\n"
+    assert not (tmp_path / "pwned").exists()
