@@ -4,7 +4,9 @@ After an attempt the agent calls completed: what it changed in git (the
 evidence), whether it changed anything at all (``verify.require_change``),
 and the check command (the batch's own, else its runner profile's, else
 ``[verify]``), recorded as ``verifying`` before it starts so that a restart
-runs the check again, never the agent. And after any failed attempt: the
+runs the check again, never the agent. An engine that runs the check itself
+(Slurm: inside the job, where the work is) is given it in the ``LaunchSpec``
+(``in_run``); its result is judged here the same way (``judged``). And after any failed attempt: the
 feedback file the next attempt gets as ``BATCHD_LAST_ERROR_FILE``.
 
 What it must never do: decide what a failure means for the batch (that is
@@ -15,16 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from batchd import feedback, gitinfo, launch, template, verify
 from batchd.attempts import Evidence
 from batchd.batch import Batch
-from batchd.classify import Verdict, sanitize
+from batchd.classify import JobCheck, Verdict, sanitize
 from batchd.clock import Clock
-from batchd.engines import SpawnError
+from batchd.engines import LaunchSpec, SpawnError
 from batchd.live import Slot
 from batchd.model import AuditEvent, FailureType, GitEvidence
 from batchd.rules import Rules
@@ -80,11 +82,23 @@ async def head_before(cwd: str, env: dict[str, str]) -> str | None:
     return await gitinfo.head(cwd, env=env) if in_git(cwd) else None
 
 
+def in_run(spec: LaunchSpec, rules: Rules, batch: Batch) -> LaunchSpec:
+    """``spec`` for an engine that runs the check itself, inside the run (Slurm, SPEC 14):
+    with the check's argv and ``verify.timeout``."""
+    argv = tuple(check_argv(rules, batch))
+    return replace(spec, check_argv=argv, check_timeout=float(rules.cfg.verify.timeout))
+
+
 async def after_agent(
-    host: CheckHost, slot: Slot, verdict: Verdict, exit_code: int | None
+    host: CheckHost,
+    slot: Slot,
+    verdict: Verdict,
+    exit_code: int | None,
+    in_job: JobCheck | None = None,
 ) -> Checked:
     """The agent's attempt ended with ``verdict``: gather the evidence, and for a completed
-    one decide ``require_change`` and run the check."""
+    one decide ``require_change``, then judge by the check the run ran itself (``in_job``,
+    a Slurm job's) or run the check here."""
     batch, spec = slot.batch, slot.spec
     attempt = batch.open_attempt()
     before = attempt.git.head_before if attempt is not None and attempt.git else None
@@ -95,6 +109,13 @@ async def after_agent(
     if rules.cfg.verify.require_change and git is not None and gitinfo.changed_nothing(git):
         failed = _failed(verdict, "permanent", verify.CHANGED_NOTHING)
         return Checked(failed, Evidence(git=git, verified=False))
+    if in_job is not None:
+        result = verify.from_job(in_job)
+        how = "passed" if result.passed else verify.failure_message(result)
+        log.info(
+            "%s: feature %d: its check ran in the job: %s", batch.batch_id, slot.index + 1, how
+        )
+        return judged(rules, verdict, git, result)
     argv = check_argv(rules, batch)
     if not argv:
         return Checked(verdict, Evidence(git=git))
@@ -138,10 +159,19 @@ async def run(
     if result.stopped:
         stopped = Verdict("interrupted", None, f"interrupted: {slot.stop_reason or 'stopped'}")
         return Checked(stopped, Evidence(git=git))
+    return judged(host.rules, agent, git, result)
+
+
+def judged(
+    rules: Rules, agent: Verdict, git: GitEvidence | None, result: verify.CheckResult
+) -> Checked:
+    """The attempt judged by its check's ``result``: passed, the agent's verdict stands;
+    failed, ``verify.failure`` says how (a check cut short by its job's end: transient)."""
     evidence = Evidence(git=git, verify=result.verify_result(), verified=result.passed)
     if result.passed:
         return Checked(agent, evidence)
-    failed = _failed(agent, cfg.verify.failure, verify.failure_message(result))
+    how = "transient" if result.cut_short is not None else rules.cfg.verify.failure
+    failed = _failed(agent, how, verify.failure_message(result))
     return Checked(failed, evidence, result.output_tail)
 
 

@@ -118,6 +118,19 @@ _SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 @dataclass(frozen=True)
+class JobCheck:
+    """The check an engine ran itself after the agent (Slurm: inside the job, SPEC 14), as
+    observed: raw, before any judgement (``verify.from_job`` words it, ``checking`` judges)."""
+
+    exit_code: int | None  # None: it recorded no end (the job ended under it)
+    timed_out: bool  # stopped at verify.timeout
+    duration_s: float
+    timeout: float  # verify.timeout it ran under (0 = none)
+    output_tail: bytes  # the last 16 KiB of its output, as the log has them
+    cut_short: str | None = None  # the job ended during the check (a cancel, a node failure)
+
+
+@dataclass(frozen=True)
 class RawResult:
     """What the runner observed of one attempt, before any judgement."""
 
@@ -132,6 +145,7 @@ class RawResult:
     log_error: str | None = None  # the attempt log is incomplete, and why
     cluster_state: str | None = None  # a cluster job's end state (Slurm: COMPLETED, TIMEOUT, ...)
     codex: CodexFacts | None = None  # read from the whole stdout as it streamed; None: the tail
+    check: JobCheck | None = None  # the check the engine ran after the agent; None: none ran
 
 
 @dataclass(frozen=True)

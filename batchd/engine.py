@@ -31,7 +31,17 @@ from typing import Literal
 import anyio
 import anyio.abc
 
-from batchd import feature, launch, limitwait, queue, reportfile, schedule, waiting, wording
+from batchd import (
+    checking,
+    feature,
+    launch,
+    limitwait,
+    queue,
+    reportfile,
+    schedule,
+    waiting,
+    wording,
+)
 from batchd.batch import Batch
 from batchd.checkconfig import daemon_user, start_warnings
 from batchd.clock import Clock, SystemClock
@@ -340,7 +350,7 @@ class Engine:
         with the batch's runner profile (``[runner]`` when the profile is gone: a reload that
         removed it paused the batch, so this is only a run found again after a restart)."""
         number = batch.attempt_number(index)
-        return launch.spec(
+        spec = launch.spec(
             self._rules.runner(batch) or self.cfg.runner,
             self._rules.base_env,
             batch,
@@ -349,6 +359,7 @@ class Engine:
             log_path=self.log_path(batch, index, number),
             run_id=run_id or launch.new_run_id(self.run_id_prefix, batch, index, number),
         )
+        return checking.in_run(spec, self._rules, batch) if self.runner.runs_checks else spec
 
     @property
     def run_id_prefix(self) -> str:

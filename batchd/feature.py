@@ -231,7 +231,7 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
     if verdict.trouble == "agent_login":
         _login_trouble(host, batch, slot.index, verdict)
         return
-    checked = await checking.after_agent(host, slot, verdict, raw.exit_code)
+    checked = await checking.after_agent(host, slot, verdict, raw.exit_code, raw.check)
     output = checked.output if checked.output is not None else None
     await _finish(
         host,

@@ -9,7 +9,8 @@ then the check's raw output. The result carries the exit code, the duration, the
 last 16 KiB of output (raw, for the feedback file) and its last lines (sanitised,
 for the message and the state).
 
-``failure_message`` and ``summary`` are pure: the wording of a failed check.
+``failure_message`` and ``summary`` are pure: the wording of a failed check;
+``from_job`` words the same way a check an engine ran itself (inside a Slurm job).
 
 What this module must never do: decide what a failed check means for the attempt
 (``verify.failure`` and the retry decision are the caller's), or pass the argv
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchd.classify import MAX_MESSAGE_CHARS, sanitize
+from batchd.classify import MAX_MESSAGE_CHARS, JobCheck, sanitize
 from batchd.engines.process import Launch, Process, spawn
 from batchd.model import VerifyResult
 
@@ -52,6 +53,7 @@ class CheckResult:
     output_tail: bytes  # the last OUTPUT_TAIL bytes of its output, raw, as the log has them
     summary: str  # its last lines, sanitised, at most SUMMARY_CHARS
     log_error: str | None  # why the log is incomplete (a full disk), else None
+    cut_short: str | None = None  # why it never ended on its own (its Slurm job ended under it)
 
     @property
     def passed(self) -> bool:
@@ -96,6 +98,8 @@ def failure_message(result: CheckResult) -> str:
     the signal, or the stop; at most 1000 characters like every message."""
     if result.stopped:
         head = "verify stopped before it ended"
+    elif result.cut_short is not None:
+        head = f"verify did not finish: {result.cut_short}"
     elif result.timed_out:
         head = f"verify failed: timed out after {result.timeout:g} s (verify.timeout)"
     elif result.exit_code is None:
@@ -104,6 +108,24 @@ def failure_message(result: CheckResult) -> str:
         head = f"verify failed (exit {result.exit_code})"
     tail = summary(result.output_tail, MAX_MESSAGE_CHARS - len(head) - 2)
     return f"{head}: {tail or '(no output)'}"
+
+
+def from_job(check: JobCheck) -> CheckResult:
+    """The result of a check that an engine ran itself (inside a Slurm job), worded as one
+    run here: its exit code, its time limit, the last lines of its output."""
+    tail = check.output_tail[-OUTPUT_TAIL:]
+    return CheckResult(
+        exit_code=None if check.timed_out else check.exit_code,
+        signal=None,
+        duration_s=check.duration_s,
+        timeout=check.timeout,
+        timed_out=check.timed_out,
+        stopped=False,
+        output_tail=tail,
+        summary=summary(tail),
+        log_error=None,
+        cut_short=check.cut_short,
+    )
 
 
 # --- running it ---------------------------------------------------------------------------

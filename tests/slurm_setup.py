@@ -46,8 +46,16 @@ class Setup:
         return SlurmEngine(self.state_dir, sbatch_args or [], poll, self.cluster.env, clock)
 
     def spec(
-        self, feature: str, name: str, timeout: float = 0, kill_grace: float = 1
+        self,
+        feature: str,
+        name: str,
+        timeout: float = 0,
+        kill_grace: float = 1,
+        stall_timeout: float = 0,
+        check: tuple[str, ...] = (),
+        check_timeout: float = 0,
     ) -> LaunchSpec:
+        """The fake agent acting on ``feature`` as one job; ``check``: the check after it."""
         run_id = f"{self.prefix}-{name}-{secrets.token_hex(3)}"
         env = {**os.environ, "FAKE_AGENT_LOG": str(self.agent_log), "BATCHD_RUN_ID": run_id}
         return LaunchSpec(
@@ -58,6 +66,9 @@ class Setup:
             log_path=self.state_dir / "batches" / "b1" / "logs" / f"{name}.1.log",
             timeout=timeout,
             kill_grace=kill_grace,
+            stall_timeout=stall_timeout,
+            check_argv=check,
+            check_timeout=check_timeout,
         )
 
     def agent_events(self, run_id: str) -> list[dict[str, Any]]:

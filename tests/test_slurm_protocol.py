@@ -12,6 +12,7 @@ from batchd.engines import LaunchSpec
 from batchd.engines.slurm_outcome import (
     Alive,
     Ended,
+    Traces,
     Unasked,
     end_result,
     left_no_trace,
@@ -150,9 +151,7 @@ def test_a_preempted_job_is_ended_and_judged_transient() -> None:
     sighting = read_show_job(Reply(0, PREEMPTED, ""), "r1")
     assert sighting == Ended(JobInfo("PREEMPTED", "batchd-r1", 0, None, 2.0))
     assert isinstance(sighting, Ended)
-    raw = end_result(
-        sighting.info, 143, timed_out=False, interrupted=False, tail=b"", output_bytes=0
-    )
+    raw = end_result(sighting.info, Traces(status=143), cause=None)
     verdict = Classifier.build().judge(raw, "auto")
     assert (verdict.outcome, verdict.failure_type) == ("failed", "transient")
 
@@ -179,7 +178,7 @@ def test_a_job_that_left_no_trace_is_interrupted() -> None:
     assert not left_no_trace(None, 0) and not left_no_trace(
         JobInfo("FAILED", "x", 1, None, 1), None
     )
-    raw = end_result(None, None, timed_out=False, interrupted=False, tail=b"t", output_bytes=1)
+    raw = end_result(None, Traces(tail=b"t", output_bytes=1), cause=None)
     assert (raw.interrupted, raw.timed_out, raw.exit_code, raw.cluster_state) == (
         True,
         False,
@@ -187,14 +186,11 @@ def test_a_job_that_left_no_trace_is_interrupted() -> None:
         None,
     )
     assert Classifier.build().judge(raw, "auto").outcome == "interrupted"
-    timed = end_result(None, None, timed_out=True, interrupted=False, tail=b"", output_bytes=0)
-    assert (timed.interrupted, timed.timed_out) == (False, True)
-    assert (
-        end_result(
-            None, 0, timed_out=False, interrupted=False, tail=b"", output_bytes=0
-        ).interrupted
-        is False
-    )
+    timed = end_result(None, Traces(), cause="timeout")
+    assert (timed.interrupted, timed.timed_out, timed.stalled) == (False, True, False)
+    stalled = end_result(None, Traces(), cause="stall")
+    assert (stalled.interrupted, stalled.timed_out, stalled.stalled) == (False, False, True)
+    assert end_result(None, Traces(status=0), cause=None).interrupted is False
 
 
 @pytest.mark.parametrize(
@@ -215,7 +211,7 @@ def test_the_end_state_and_the_recorded_status_make_the_result(
     info: JobInfo | None, status: int | None, expected: tuple[int | None, int | None, str | None]
 ) -> None:
     """Exit code, signal and cluster state of an ended job, from Slurm and the status file."""
-    raw = end_result(info, status, timed_out=False, interrupted=False, tail=b"x", output_bytes=9)
+    raw = end_result(info, Traces(status=status, tail=b"x", output_bytes=9), cause=None)
     assert (raw.exit_code, raw.signal, raw.cluster_state) == expected
     assert (raw.stdout_tail, raw.stderr_tail, raw.output_bytes) == (b"x", b"x", 9)
     assert (raw.interrupted, raw.timed_out) == (False, False)

@@ -31,11 +31,11 @@ async def collect(run: SlurmRun, results: list[RawResult]) -> None:
 
 
 async def start_manual(
-    setup: Setup, feature: str, name: str, **spec: float
+    setup: Setup, feature: str, name: str, timeout: float = 0, kill_grace: float = 1
 ) -> tuple[ManualClock, LaunchSpec, SlurmRun]:
     """A job submitted by an engine whose clock moves only by hand (a poll per second)."""
     clock = ManualClock(1000.0)
-    launch = setup.spec(feature, name, **spec)
+    launch = setup.spec(feature, name, timeout=timeout, kill_grace=kill_grace)
     return clock, launch, await setup.engine(clock=clock, poll=1.0).start(launch)
 
 

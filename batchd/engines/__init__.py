@@ -54,6 +54,10 @@ class LaunchSpec:
     stall_timeout: float = 0.0  # seconds without output before the run is stopped; 0 = none
     kill_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     max_log_bytes: int = 10 * 1024 * 1024
+    # The check after the agent, for an engine that runs it itself (``runs_checks``: Slurm runs
+    # it inside the job, SPEC 14): its argv (empty: none) and verify.timeout (0 = none).
+    check_argv: tuple[str, ...] = ()
+    check_timeout: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +107,10 @@ class RunnerEngine(Protocol):
     # (``batchctl restart``, ``runner.on_stop = "leave"``). Either way the next start
     # re-attaches to what runs.
     keeps_runs: bool
+    # True (Slurm): the check after the agent runs inside the run itself, where the work is
+    # (``LaunchSpec.check_argv``), and ``RawResult.check`` says how it ended. False (local):
+    # the daemon runs the check after the run (``batchd.checking``).
+    runs_checks: bool
 
     async def start(self, spec: LaunchSpec) -> Run:
         """Start the attempt; ``SpawnError`` when it cannot be started."""

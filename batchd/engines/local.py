@@ -232,6 +232,7 @@ async def _unheld(spec: LaunchSpec, ref: RunRef) -> runfile.Ended | None:
 class LocalEngine:
     name = "local"
     keeps_runs = False  # a plain stop stops them (runner.on_stop = "stop"); they can be left
+    runs_checks = False  # the daemon runs the check after the run (batchd.checking)
 
     def __init__(self, env: Mapping[str, str] | None = None, state_dir: Path | None = None) -> None:
         """``env``: the keeper's environment (the runner's own is in each ``LaunchSpec``);

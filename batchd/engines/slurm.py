@@ -37,9 +37,8 @@ import anyio
 from batchd.classify import RawResult, sanitize
 from batchd.clock import Clock, MonotonicClock
 from batchd.engines import LaunchSpec, RunRef, SpawnError
-from batchd.engines.output import codex_facts_of_log
-from batchd.engines.slurm_files import open_log, read_status, read_tail, write_wrapper
-from batchd.engines.slurm_job import SlurmJob, cancel_commands, round_due
+from batchd.engines.slurm_files import open_log, probe, read_status, read_traces, write_wrapper
+from batchd.engines.slurm_job import JobState, SlurmJob, cancel_commands, round_due
 from batchd.engines.slurm_outcome import (
     Alive,
     Ended,
@@ -60,6 +59,7 @@ from batchd.engines.slurm_protocol import (
     parse_sbatch,
     parse_squeue,
     sbatch_argv,
+    wrapper_args,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +80,9 @@ class SlurmRun:
         self.spec = spec
         self.job_id = job_id
         self.log_offset = log_offset
-        self.job = SlurmJob(spec.timeout, spec.kill_grace)
+        self.job = SlurmJob(
+            spec.timeout, spec.kill_grace, JobState(log_size=log_offset), spec.stall_timeout
+        )
         self.result: RawResult | None = None
 
     @property
@@ -121,6 +123,7 @@ class SlurmEngine:
 
     name = "slurm"
     keeps_runs = True  # a daemon stop never cancels jobs: the next start re-attaches
+    runs_checks = True  # the check runs inside the job, after the agent (SPEC 14)
 
     def __init__(
         self,
@@ -171,7 +174,7 @@ class SlurmEngine:
                 f"sbatch not found in PATH ({path}): "
                 "install Slurm's client commands or set PATH in batchd's environment",
             )
-        argv = [sbatch, *options, str(spec.log_path), *spec.argv]
+        argv = [sbatch, *options, *wrapper_args(spec)]
         reply = await self._run(argv, self._submit_env(spec))
         job_id = parse_sbatch(reply)
         if job_id is not None:
@@ -271,6 +274,7 @@ class SlurmEngine:
             await self.clock.sleep_until(
                 round_due(self._last_poll, self.poll_interval, dues), changed
             )
+            await self._probe()
             now = self.clock.now()
             await self._signal_due(now)
             if now >= self._last_poll + self.poll_interval:
@@ -279,6 +283,19 @@ class SlurmEngine:
         finally:
             self._polling = False
             self.wake()
+
+    async def _probe(self) -> None:
+        """Look at the log's size and the program's exit status of each job a timer of the
+        program's may still stop (timeout, stall), so that ``tick`` judges on fresh facts."""
+        watched = [run for run in self._active.values() if run.job.probe_wanted()]
+        if not watched:
+            return
+        where = [(run.spec.log_path, run.job_id) for run in watched]
+        found = await anyio.to_thread.run_sync(lambda: [probe(*w) for w in where])
+        now = self.clock.now()
+        for run, (size, program_ended) in zip(watched, found, strict=True):
+            if not run.done:
+                run.job.probed(size, program_ended, now)
 
     async def _signal_due(self, now: float) -> None:
         """Send every signal due at ``now``, pending jobs first (``cancel_commands``)."""
@@ -329,21 +346,13 @@ class SlurmEngine:
 
     async def _finish(self, run: SlurmRun, info: JobInfo | None) -> None:
         """The job has ended (``info``) or Slurm forgot it (None): record what it left."""
-        log_path, offset = run.spec.log_path, run.log_offset
-        status = await anyio.to_thread.run_sync(read_status, log_path, run.job_id)
-        tail, size = await anyio.to_thread.run_sync(read_tail, log_path, offset)
-        codex = await anyio.to_thread.run_sync(codex_facts_of_log, log_path, offset)
-        if left_no_trace(info, status):
+        log_path, job_id, offset = run.spec.log_path, run.job_id, run.log_offset
+        traces = await anyio.to_thread.run_sync(read_traces, log_path, job_id, offset)
+        if left_no_trace(info, traces.status):
             log.warning("Slurm job %s ended and was forgotten without an exit status", run.job_id)
         run.job.ended(info.state if info is not None else None)
         run.result = end_result(
-            info,
-            status,
-            timed_out=run.job.timed_out,
-            interrupted=run.job.interrupted,
-            tail=tail,
-            output_bytes=size,
-            codex=codex,
+            info, traces, cause=run.job.state.cause, check_timeout=run.spec.check_timeout
         )
         self._active.pop(run.job_id, None)
 

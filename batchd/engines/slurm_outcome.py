@@ -4,8 +4,9 @@ Owns three judgements: what ``scontrol show job`` says of a job that squeue
 no longer lists (still alive, ended, or unknown because Slurm could not be
 asked); whether a job left no trace at all (Slurm forgot it and the wrapper
 recorded no exit status: the attempt is ``interrupted`` and runs again); and
-the ``RawResult`` of an ended job from its end state, its recorded exit
-status and its log's tail.
+the ``RawResult`` of an ended job from its end state, why batchd cancelled
+it (a stop, its timeout, a stall), its recorded exit status, its log's tail,
+and the check that ran after the program inside the job (``job_check``).
 
 What it must never do: run a command, read a file or the clock, or decide
 what an outcome means for the batch (``classify`` does, from the
@@ -18,8 +19,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from batchd.agents import CodexFacts
-from batchd.classify import RawResult
-from batchd.engines.slurm_protocol import END_STATES, JobInfo, Reply, job_name, parse_show_job
+from batchd.classify import CLUSTER_END_STATES, JobCheck, RawResult
+from batchd.engines.slurm_job import Cause
+from batchd.engines.slurm_protocol import (
+    END_STATES,
+    CheckTrace,
+    JobInfo,
+    Reply,
+    job_name,
+    parse_show_job,
+)
 
 
 @dataclass(frozen=True)
@@ -81,29 +90,66 @@ def reattach_plan(sighting: Sighting, status: int | None) -> ReattachPlan:
     return "follow"
 
 
+@dataclass(frozen=True)
+class Traces:
+    """What an ended job left on the shared file system (the engine reads it)."""
+
+    status: int | None = None  # the program's exit status, as the wrapper recorded it
+    check: CheckTrace | None = None  # the check's record: None when no check started
+    tail: bytes = b""  # the agent's output: the log's last bytes up to the check's header
+    output_bytes: int = 0  # the agent's output, in bytes
+    check_tail: bytes = b""  # the check's output: the log's last bytes after its header
+    codex: CodexFacts | None = None
+
+
+# timeout(1)'s exit status when it stopped the check: TERM did it (124), or KILL (128 + 9).
+TIMEOUT_CODES = frozenset({124, 137})
+
+
 def end_result(
-    info: JobInfo | None,
-    status: int | None,
-    *,
-    timed_out: bool,
-    interrupted: bool,
-    tail: bytes,
-    output_bytes: int,
-    codex: CodexFacts | None = None,
+    info: JobInfo | None, traces: Traces, *, cause: Cause | None, check_timeout: float = 0.0
 ) -> RawResult:
     """What an ended job leaves for ``classify``: the exit status the wrapper recorded wins
     over Slurm's (it is the program's, not the wrapper's); Slurm's signal counts only when
-    no status was recorded; no trace at all is ``interrupted`` unless batchd timed it out."""
+    no status was recorded; no trace at all is ``interrupted`` unless batchd timed it out
+    (or found it stalled). ``cause``: why batchd cancelled it, if it did.
+
+    Once the check has started, the program had exited 0 and the job's end state is the
+    check's: it goes with the check (``job_check``), not with the agent's verdict.
+    """
+    status, check = traces.status, traces.check
     exit_code = status if status is not None else info.exit_code if info is not None else None
     signal = info.signal if info is not None and status is None else None
+    state = info.state if info is not None else None
     return RawResult(
         exit_code=exit_code,
         signal=signal,
-        timed_out=timed_out,
-        interrupted=interrupted or (left_no_trace(info, status) and not timed_out),
-        stdout_tail=tail,
-        stderr_tail=tail,
-        output_bytes=output_bytes,
-        cluster_state=info.state if info is not None else None,
-        codex=codex,
+        timed_out=cause == "timeout",
+        stalled=cause == "stall",
+        interrupted=cause == "stop" or (left_no_trace(info, status) and cause is None),
+        stdout_tail=traces.tail,
+        stderr_tail=traces.tail,
+        output_bytes=traces.output_bytes,
+        cluster_state=state if check is None else None,
+        codex=traces.codex,
+        check=job_check(state, check, traces.check_tail, check_timeout) if check else None,
     )
+
+
+def job_check(state: str | None, trace: CheckTrace, tail: bytes, timeout: float) -> JobCheck:
+    """How the check inside the job ended, from the wrapper's record and the job's end
+    ``state``: its exit status; timed out (timeout(1)'s status, at its limit); or cut short:
+    no end recorded, or a failure while the cluster ended the job (a cancel, a preemption
+    signals the check too): the job ended under it, and Slurm's end state says why."""
+    code = trace.exit_code if trace.ended is not None else None
+    if code is None or (code != 0 and state in CLUSTER_END_STATES):
+        return JobCheck(code, False, trace.duration_s, timeout, tail, cut_short=cut_short(state))
+    timed_out = timeout > 0 and code in TIMEOUT_CODES and trace.duration_s >= timeout - 0.05
+    return JobCheck(code, timed_out, trace.duration_s, timeout, tail)
+
+
+def cut_short(state: str | None) -> str:
+    """Why a check ended with its job: the job's end state in the words of ``classify``."""
+    if state in CLUSTER_END_STATES:
+        return CLUSTER_END_STATES[state][2]
+    return f"the job ended ({state}) before the check did" if state else "the job ended first"

@@ -1,10 +1,11 @@
 """What batchd says to Slurm and what Slurm says back: pure (SPEC section 12).
 
 Owns the words of the conversation with Slurm's client commands: the
-``sbatch`` options of an attempt, the wrapper script's text, the job's name,
-``--time`` from a timeout, and the parsing of ``sbatch --parsable``,
+``sbatch`` options of an attempt, the wrapper script's text and arguments
+(the program, and the check that runs after it in the same job), the job's
+name, ``--time`` from the timeouts, and the parsing of ``sbatch --parsable``,
 ``squeue`` and ``scontrol show job`` output and of the wrapper's exit-status
-file; and the end states after which a job runs no more.
+and check files; and the end states after which a job runs no more.
 
 What it must never do: run a command, read a file or the clock. The engine
 (``engines/slurm.py``) runs the commands and hands their text here.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchd.engines import LaunchSpec
+from batchd.verify import header_line
 
 JOB_NAME_PREFIX = "batchd-"  # + the attempt's BATCHD_RUN_ID
 WRAPPER_NAME = "slurm-job.sh"
@@ -41,22 +43,55 @@ END_STATES = frozenset(
 # States of a job that has not started: its running time does not count yet.
 NOT_STARTED = frozenset({"PENDING", "CONFIGURING"})
 
-# Runs "$@" as it is: the shell never evaluates an argument. The exit status goes to a
-# file named after the log and this job's id, so a stale file of another job can never be
-# taken for this one's. On scancel Slurm signals every process of the job: the trap keeps
-# the wrapper alive until the program has exited, so its status is recorded too.
+# Runs the program as it is: the shell never evaluates an argument. The exit status goes
+# to a file named after the log and this job's id, so a stale file of another job can
+# never be taken for this one's. On scancel Slurm signals every process of the job: the
+# trap keeps the wrapper alive until the program has exited, so its status is recorded
+# too. When the program exited 0 (and was not stopped) and a check is given, the check
+# runs next, in the same job (SPEC 14): its header line goes into the log (the job's
+# output), it runs with BATCHD_VERIFY=1 under timeout(1) (its own process group, TERM at
+# the limit, KILL after the grace), and a second file records where the agent's output
+# ends, where the check's begins and when it started ("END FROM START"), then also when it
+# ended and its exit status ("END FROM START ENDED CODE"). The check's argv is the N
+# arguments after N; the program's, the rest. Both reach "$@" only through shift and set.
 WRAPPER = """\
 #!/bin/sh
 # Written by batchd (batchd/engines/slurm.py); rewritten at each start. Do not edit.
-# Usage: sbatch ... slurm-job.sh ATTEMPT_LOG PROGRAM [ARG...]
+# Usage: sbatch ... slurm-job.sh LOG LIMIT GRACE HEADER N [CHECK_ARG]... PROGRAM [ARG]...
 umask 077
-log=$1
-shift
+log=$1 limit=$2 grace=$3 header=$4 n=$5
+shift 5
 status="$log.slurm-$SLURM_JOB_ID.exit"
+check="$log.slurm-$SLURM_JOB_ID.check"
 trap 'terminated=1' TERM
-"$@" </dev/null
+record() { printf '%s\\n' "$2" >"$1.tmp" && mv -f "$1.tmp" "$1"; }
+program() { shift "$(($1 + 1))"; "$@" </dev/null; }
+run_check() {
+  keep=$1 i=0
+  shift
+  for arg do
+    shift
+    if [ "$i" -lt "$keep" ]; then set -- "$@" "$arg"; fi
+    i=$((i + 1))
+  done
+  end=$(wc -c <"$log")
+  if [ -s "$log" ] && [ -n "$(tail -c 1 "$log")" ]; then printf '\\n'; fi
+  printf '%s\\n' "$header"
+  from=$(wc -c <"$log")
+  began=$(date +%s.%N)
+  record "$check" "$end $from $began"
+  BATCHD_VERIFY=1 timeout -k "$grace" "$limit" "$@" </dev/null
+  code=$?
+  record "$check" "$end $from $began $(date +%s.%N) $code"
+  return "$code"
+}
+program "$n" "$@"
 code=$?
-printf '%s\\n' "$code" >"$status.tmp" && mv -f "$status.tmp" "$status"
+record "$status" "$code"
+if [ "$code" -eq 0 ] && [ "$n" -gt 0 ] && [ -z "$terminated" ]; then
+  run_check "$n" "$@"
+  code=$?
+fi
 exit "$code"
 """
 
@@ -91,6 +126,37 @@ def status_path(log_path: Path, job_id: str) -> Path:
     return log_path.with_name(f"{log_path.name}.slurm-{job_id}.exit")
 
 
+def check_path(log_path: Path, job_id: str) -> Path:
+    """The file where the wrapper records the check of job ``job_id`` (``CheckTrace``)."""
+    return log_path.with_name(f"{log_path.name}.slurm-{job_id}.check")
+
+
+def seconds_arg(seconds: float) -> str:
+    """Seconds as timeout(1) reads them: ``1800``, ``2.5`` (never an exponent)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def wrapper_args(spec: LaunchSpec) -> list[str]:
+    """The wrapper's arguments for one attempt: the log, the check's time limit, kill_grace,
+    the check's header line, the check's argv with its length first, then the program."""
+    check = list(spec.check_argv)
+    header = header_line(check) if check else ""
+    limit, grace = seconds_arg(spec.check_timeout), seconds_arg(spec.kill_grace)
+    return [str(spec.log_path), limit, grace, header, str(len(check)), *check, *spec.argv]
+
+
+def job_seconds(spec: LaunchSpec) -> float:
+    """The job's time in seconds (0: none): runner.timeout, plus the check's time limit and
+    its kill_grace when the check runs in the job; none when either has none."""
+    if spec.timeout <= 0:
+        return 0.0
+    if not spec.check_argv:
+        return spec.timeout
+    if spec.check_timeout <= 0:
+        return 0.0
+    return spec.timeout + spec.check_timeout + spec.kill_grace
+
+
 def time_limit_minutes(timeout: float) -> int | None:
     """``--time`` for an attempt timeout in seconds: whole minutes rounded up; None for none."""
     return max(1, math.ceil(timeout / 60)) if timeout > 0 else None
@@ -111,7 +177,7 @@ def sbatch_argv(sbatch_args: Sequence[str], spec: LaunchSpec) -> list[str]:
         "--open-mode=append",
         "--export=ALL",  # the job's environment is sbatch's: LaunchSpec.env
     ]
-    minutes = time_limit_minutes(spec.timeout)
+    minutes = time_limit_minutes(job_seconds(spec))
     if minutes is not None:
         argv.append(f"--time={minutes}")
     return argv
@@ -206,6 +272,44 @@ def parse_status(text: str) -> int | None:
     """The exit status the wrapper recorded (a number and a newline), or None."""
     value = text.strip()
     return int(value) if value.isdigit() else None
+
+
+@dataclass(frozen=True)
+class CheckTrace:
+    """What the wrapper recorded of the check it ran after the program (``check_path``)."""
+
+    agent_end: int  # the log's size when the program had ended: its output ends there
+    output_from: int  # where the check's output begins (after its header line)
+    began: float | None  # wall-clock seconds (None: unreadable)
+    ended: float | None = None  # None: the check never recorded its end
+    exit_code: int | None = None
+
+    @property
+    def duration_s(self) -> float:
+        if self.began is None or self.ended is None:
+            return 0.0
+        return max(0.0, self.ended - self.began)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_check(text: str) -> CheckTrace | None:
+    """The check file: ``END FROM BEGAN`` while it runs, ``END FROM BEGAN ENDED CODE`` once
+    it ended; None when unreadable (no check ran, as far as anyone can tell)."""
+    fields = text.split()
+    if len(fields) not in (3, 5) or not (fields[0].isdigit() and fields[1].isdigit()):
+        return None
+    end, begin = int(fields[0]), int(fields[1])
+    began = _number(fields[2])
+    if len(fields) == 3:
+        return CheckTrace(end, begin, began)
+    code = int(fields[4]) if fields[4].isdigit() else None
+    return CheckTrace(end, begin, began, _number(fields[3]), code)
 
 
 ORPHAN_FORMAT = "%i|%j"
