@@ -114,7 +114,10 @@ def end(
         return
     host.save_queue()
     now = host.clock.now()
-    for b in _profile_batches(live, profile):
+    batches = _profile_batches(live, profile)
+    if feature is not None and feature[0] not in batches:
+        batches.insert(0, feature[0])  # the probe's batch, which the probe finished
+    for b in batches:
         index = feature[1] if feature is not None and feature[0] is b else None
         ev = limitwait.event(
             "usage_limit_end", batch_id=b.batch_id, now=now, reason=reason, feature_index=index
@@ -143,7 +146,5 @@ def pause_profile(host: WaitHost, profile: str, reason: str) -> list[str]:
 def login_pause_reason(verdict: Verdict, profile: str) -> str:
     """``agent_login: ...``: the profile, and how to log in (the verdict's help)."""
     help_text = verdict.message or "the agent is not logged in"
-    return (
-        f"{limitwait.PAUSE_LOGIN}: the agent of runner profile {profile!r} is not logged in: "
-        f"{help_text}; then 'batchctl resume --all'"
-    )
+    then = "then `batchctl resume --all`"
+    return f"{limitwait.PAUSE_LOGIN}: runner profile {profile!r}: {help_text}; {then}"
