@@ -289,7 +289,17 @@ def reloaded(r: shapes.Reloaded) -> str:
 
 def log_header(a: shapes.AttemptLog) -> str:
     where = f"feature {a['index'] + 1} (index {a['index']})"
-    return f"==> {where}, attempt {a['attempt']}: {a['path']} <=="
+    session = a.get("session_id")
+    said = f" (agent session {printable(session)})" if session else ""
+    return f"==> {where}, attempt {a['attempt']}: {a['path']}{said} <=="
+
+
+def session_hint(session: str) -> str:
+    """Where the agent's conversation is picked up again (Claude Code, codex)."""
+    sid = printable(session)
+    return (
+        f"the agent's session is {sid} (resume it: `claude --resume {sid}` or `codex resume {sid}`)"
+    )
 
 
 def finished_line(b: shapes.BatchItem) -> str:

@@ -281,8 +281,8 @@ async def limit(engine: Control, a: shapes.LimitArgs) -> shapes.Limits:
         profile = a.get("runner")
         waits = engine.live.queue.limit_waits
         if profile is not None and profile not in waits:
-            known = ", ".join(sorted(waits)) or "none waits"
-            raise BadArgs(f"runner profile {profile!r} is not waiting ({known})")
+            known = f"waiting: {', '.join(sorted(waits))}" if waits else "none is waiting"
+            raise BadArgs(f"runner profile {profile!r} is not waiting for a usage limit ({known})")
         for name in limitwait.clear(waits, profile):
             engine.end_limit_wait(name)
             cleared.append(name)
@@ -350,6 +350,7 @@ async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
         "path": str(path),
         "text": text,
         "truncated": truncated,
+        "session_id": views.session_of(batch, index, attempt),
     }
     if a.get("all"):
         reply["attempts"] = []
@@ -357,7 +358,14 @@ async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
             p = engine.log_path(batch, index, n)
             t, cut = _read_tail(p, LOG_TEXT_MAX)
             reply["attempts"].append(
-                {"index": index, "attempt": n, "path": str(p), "text": t, "truncated": cut}
+                {
+                    "index": index,
+                    "attempt": n,
+                    "path": str(p),
+                    "text": t,
+                    "truncated": cut,
+                    "session_id": views.session_of(batch, index, n),
+                }
             )
     return reply
 

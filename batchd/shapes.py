@@ -229,6 +229,7 @@ class AttemptLog(TypedDict):
     path: str
     text: str
     truncated: bool
+    session_id: NotRequired[str | None]  # the agent's session ('claude --resume ID')
 
 
 class Logs(TypedDict):
@@ -238,6 +239,7 @@ class Logs(TypedDict):
     path: str
     text: str
     truncated: bool
+    session_id: NotRequired[str | None]  # the agent's session of that attempt
     attempts: NotRequired[list[AttemptLog]]  # with all=true: every attempt of the feature
 
 
