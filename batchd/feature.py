@@ -317,11 +317,12 @@ async def _finish(
         rand=random.random,
         evidence=evidence,
     )
+    probe_end = waiting.probe_end(host, batch, slot.index, verdict)
     failpoints.hit("before_outcome_write")
-    _durable(host, slot, step.events)
+    _durable(host, slot, step.events + ((probe_end,) if probe_end else ()))
     level, line = wording.outcome_message(batch, slot.index, attempt, verdict, step, rules.settings)
     log.log(level, "%s", line)
-    await waiting.after_outcome(host, batch, slot.index, verdict)
+    await waiting.after_outcome(host, batch, slot.index, verdict, probe_end is not None)
     if ran:
         env = dict(slot.spec.env, BATCHD_OUTCOME=verdict.outcome)
         await host.feature_hook("after_feature", slot, env)
