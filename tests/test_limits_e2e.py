@@ -171,8 +171,8 @@ def test_a_wait_is_said_survives_kill_9_and_clear_ends_it(
     listed = d.ctl("limit").stdout
     assert listed.splitlines()[0] == wait["in_words"]
     assert CLAUDE_LIMIT in listed and "batchctl limit --clear [RUNNER]" in listed
-    status_lines = drain(ns, lambda m: any("usage limit" in x for x in m))
-    assert f"STATUS=waiting for default's usage limit until {wait['until']}" in status_lines
+    idle = f"STATUS=waiting for default's usage limit until {wait['until']}"
+    assert idle in drain(ns, lambda m: idle in m)
 
     d.kill9()
     daemon_json = json.loads((d.state / "daemon.json").read_bytes())
@@ -356,3 +356,23 @@ def test_a_silent_run_is_stopped_by_the_stall_timeout(make_daemon: MakeDaemon) -
     [start] = starts(d)
     [term] = [r for r in d.agent_runs() if r["event"] == "term"]
     assert term["t"] - start["t"] <= 1.5 + 1.0
+
+
+def test_a_limit_without_a_reset_time_waits_the_probe_interval(make_daemon: MakeDaemon) -> None:
+    """A text of limits.usage_patterns naming no reset time (on stderr of a plain runner):
+    the profile waits limits.probe_interval from the end of the attempt, then the feature
+    runs again on attempt 1 and completes."""
+    d = make_daemon(
+        config='[limits]\nusage_patterns = ["monthly quota exhausted"]\nprobe_interval = 2\n'
+    )
+    d.start()
+    d.drop("q.txt", [f"once={d.root / 'm'} stderr=Error:_monthly_quota_exhausted exit=1"])
+    [state] = d.wait_finished(1)
+    limited, done = state["processing_history"]
+    assert (limited["outcome"], done["outcome"]) == ("limited", "completed")
+    assert limited["attempt"] == done["attempt"] == 1
+    [began, ended] = d.audit(state["batch_id"])
+    assert (ended["event_type"], ended["reason"]) == ("usage_limit_end", "reset_passed")
+    assert began["until"] == utc_iso(parse_iso(began["timestamp"]) + 2)
+    assert began["error_message"] == "Error: monthly quota exhausted"
+    assert starts(d)[1]["t"] >= parse_iso(began["until"])
