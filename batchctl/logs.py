@@ -61,6 +61,9 @@ def logs(args: Namespace) -> int:
         "truncated": r["truncated"],
         "session_id": r.get("session_id"),
     }
+    session = r.get("session_id")
+    if session and not args.all:
+        print(f"batchctl: {render.session_hint(session)}", file=sys.stderr)
     for a in r.get("attempts", [latest]):
         if args.all:
             print(render.log_header(a))

@@ -294,6 +294,14 @@ def log_header(a: shapes.AttemptLog) -> str:
     return f"==> {where}, attempt {a['attempt']}{also}: {a['path']} <=="
 
 
+def session_hint(session: str) -> str:
+    """Where the agent's conversation is picked up again (Claude Code, codex)."""
+    sid = printable(session)
+    return (
+        f"the agent's session is {sid} (resume it: `claude --resume {sid}` or `codex resume {sid}`)"
+    )
+
+
 def finished_line(b: shapes.BatchItem) -> str:
     """``wait``: one line per batch as it ends."""
     return (

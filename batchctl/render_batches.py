@@ -64,6 +64,7 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
         cut(f"[{b['seq']}] {b['batch_id']}  {b['name']}", width),
         f"status: {b['status']}{reason}",
         f"source: {b['source_type']}",
+        f"runner: {printable(b['runner'])}",
         f"runs in: {printable(b['workdir'])}",
         f"{plural(b['total_features'], 'feature')}: {b['completed']} completed, "
         f"{b['failed']} failed, {b['skipped']} skipped",
@@ -73,6 +74,11 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
     ]
     if b["next_attempt_at"] and b["status"] not in FINISHED:
         out.append(f"next attempt at {local_time(b['next_attempt_at'], now)}")
+    if b["limit_until"] and b["status"] not in FINISHED:
+        out.append(
+            f"waiting for {printable(b['runner'])}'s usage limit until "
+            f"{local_time(b['limit_until'], now)} (`batchctl limit` says why)"
+        )
     run = result["running"]
     if run is not None:
         elapsed = since(run["started_at"], now) if run["started_at"] else "starting"

@@ -282,8 +282,8 @@ async def limit(engine: Control, a: shapes.LimitArgs) -> shapes.Limits:
         profile = a.get("runner")
         waits = engine.live.queue.limit_waits
         if profile is not None and profile not in waits:
-            known = ", ".join(sorted(waits)) or "none waits"
-            raise BadArgs(f"runner profile {profile!r} is not waiting ({known})")
+            known = f"waiting: {', '.join(sorted(waits))}" if waits else "none is waiting"
+            raise BadArgs(f"runner profile {profile!r} is not waiting for a usage limit ({known})")
         for name in limitwait.clear(waits, profile):
             engine.end_limit_wait(name)
             cleared.append(name)
@@ -360,7 +360,7 @@ async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
         "path": str(path),
         "text": text,
         "truncated": truncated,
-        "session_id": _session(batch, index, attempt),
+        "session_id": views.session_of(batch, index, attempt),
     }
     if a.get("all"):
         reply["attempts"] = []
@@ -374,20 +374,10 @@ async def logs(engine: Control, a: shapes.LogsArgs) -> shapes.Logs:
                     "path": str(p),
                     "text": t,
                     "truncated": cut,
-                    "session_id": _session(batch, index, n),
+                    "session_id": views.session_of(batch, index, n),
                 }
             )
     return reply
-
-
-def _session(batch: Batch, index: int, attempt: int) -> str | None:
-    """The agent's session id recorded for that attempt (None: none, or an older entry)."""
-    found = (
-        a.session_id
-        for a in reversed(batch.state.processing_history)
-        if a.feature_index == index and a.attempt == attempt and a.session_id
-    )
-    return next(found, None)
 
 
 Event = shapes.LogEvent | shapes.AttemptEvent | shapes.WaitingEvent

@@ -146,8 +146,9 @@ async def _start(host: Host, slot: Slot) -> Run | None:
     try:
         if not spec.log_path.parent.is_dir():  # a batch dir of an older version, or removed
             spec.log_path.parent.mkdir(mode=0o700)
-        if batch.last_attempt.get(slot.index, (0, None))[1] in UNCHARGED:
-            _mark_rerun(spec.log_path, host.clock.now())
+        last = batch.last_attempt.get(slot.index, (0, None))[1]
+        if last in UNCHARGED:
+            _mark_rerun(spec.log_path, host.clock.now(), last == "limited")
         with anyio.CancelScope(shield=True):  # a run that starts is recorded (a restart waits)
             run = await host.runner.start(spec)
     except SpawnError as e:
@@ -172,15 +173,17 @@ async def _start(host: Host, slot: Slot) -> Run | None:
     return run
 
 
-def _mark_rerun(path: Path, now: float) -> None:
-    """An interrupted attempt runs again into the same log: a line tells the runs apart."""
+def _mark_rerun(path: Path, now: float, limited: bool) -> None:
+    """An interrupted (or limited) attempt runs again into the same log: a line tells the
+    runs apart."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return  # the first run of this attempt
     try:
         if os.fstat(fd).st_size:
-            line = f"\n[batchd: {utc_iso(now)}: the interrupted attempt runs again from here]\n"
+            what = "attempt stopped at the usage limit" if limited else "interrupted attempt"
+            line = f"\n[batchd: {utc_iso(now)}: the {what} runs again from here]\n"
             os.write(fd, line.encode())
     except OSError:
         pass  # a full disk: the runner's own output reports it (log_write)
@@ -314,11 +317,12 @@ async def _finish(
         rand=random.random,
         evidence=evidence,
     )
+    probe_end = waiting.probe_end(host, batch, slot.index, verdict)
     failpoints.hit("before_outcome_write")
-    _durable(host, slot, step.events)
+    _durable(host, slot, step.events + ((probe_end,) if probe_end else ()))
     level, line = wording.outcome_message(batch, slot.index, attempt, verdict, step, rules.settings)
     log.log(level, "%s", line)
-    await waiting.after_outcome(host, batch, slot.index, verdict)
+    await waiting.after_outcome(host, batch, slot.index, verdict, probe_end is not None)
     if ran:
         env = dict(slot.spec.env, BATCHD_OUTCOME=verdict.outcome)
         await host.feature_hook("after_feature", slot, env)

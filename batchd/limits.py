@@ -62,7 +62,4 @@ def login_help(agent: str | None, user: str, said: str) -> str:
     """
     how = _HOW.get(agent or "", _HOW_ANY).format(user=user or "the user batchd runs as")
     name = agent or "the agent"
-    return (
-        f"{name} is not logged in ({said}): {how} (the batchd service's EnvironmentFile; "
-        "when batchd runs in a terminal, export it there), then `batchctl resume`"
-    )
+    return f"{name} is not logged in ({said}): {how} (the batchd service's EnvironmentFile)"

@@ -174,6 +174,15 @@ def _limit_until(engine: Reader, batch: Batch) -> str | None:
     return wait.until if wait is not None and not batch.finished else None
 
 
+def session_of(batch: Batch, index: int, attempt: int) -> str | None:
+    """The agent's session of that attempt (its last run that named one), for
+    ``claude --resume ID`` / ``codex resume ID``."""
+    for a in reversed(batch.state.processing_history):
+        if a.feature_index == index and a.attempt == attempt and a.session_id:
+            return a.session_id
+    return None
+
+
 def limit_waits(engine: Reader) -> list[shapes.LimitWaitItem]:
     """Every profile that waits for its agent's usage limit, in words too."""
     now = engine.clock.now()

@@ -48,16 +48,32 @@ def _profile_batches(live: Live, profile: str) -> list[Batch]:
     return [b for b in live.batches.values() if b.state.runner == profile and not b.finished]
 
 
-async def after_outcome(host: WaitHost, batch: Batch, index: int, verdict: Verdict) -> None:
-    """The attempt of ``batch`` is recorded: a limit starts (or extends) its profile's wait;
-    any other end of the profile's probe ends the wait."""
-    profile = batch.state.runner
+def probe_end(host: WaitHost, batch: Batch, index: int, verdict: Verdict) -> AuditEvent | None:
+    """When this outcome ends its profile's wait (the probe ran, and was not limited again):
+    the ``usage_limit_end`` of the probe's own batch, written with the outcome itself."""
     now = host.clock.now()
-    waits = host.live.queue.limit_waits
+    if verdict.outcome in ("limited", "interrupted") or not limitwait.ends_after(
+        host.live.queue.limit_waits, batch.state.runner, now
+    ):
+        return None
+    return limitwait.event(
+        "usage_limit_end",
+        batch_id=batch.batch_id,
+        now=now,
+        reason=limitwait.END_RESET_PASSED,
+        feature_index=index,
+    )
+
+
+async def after_outcome(
+    host: WaitHost, batch: Batch, index: int, verdict: Verdict, probe_ended: bool = False
+) -> None:
+    """The attempt of ``batch`` is recorded: a limit starts (or extends) its profile's wait;
+    the probe's outcome (``probe_ended``: recorded with its ``probe_end``) ends it."""
     if verdict.outcome == "limited":
-        await _limited(host, batch, index, verdict, now)
-    elif verdict.outcome != "interrupted" and limitwait.ends_after(waits, profile, now):
-        end(host, profile, limitwait.END_RESET_PASSED, feature=(batch, index))
+        await _limited(host, batch, index, verdict, host.clock.now())
+    elif probe_ended:
+        end(host, batch.state.runner, limitwait.END_RESET_PASSED, audited=batch)
 
 
 async def _limited(host: WaitHost, batch: Batch, index: int, verdict: Verdict, now: float) -> None:
@@ -105,20 +121,18 @@ async def _limited(host: WaitHost, batch: Batch, index: int, verdict: Verdict, n
     await host.limit_hook(batch, profile, hit.wait)
 
 
-def end(
-    host: WaitHost, profile: str, reason: str, feature: tuple[Batch, int] | None = None
-) -> None:
-    """End ``profile``'s wait now (``reset_passed``: its probe ran; ``cleared``: by hand)."""
+def end(host: WaitHost, profile: str, reason: str, audited: Batch | None = None) -> None:
+    """End ``profile``'s wait now (``reset_passed``: its probe ran; ``cleared``: by hand),
+    audited in each batch of the profile (but ``audited``, the probe's: its outcome was)."""
     live = host.live
     if live.queue.limit_waits.pop(profile, None) is None:
         return
     host.save_queue()
     now = host.clock.now()
     for b in _profile_batches(live, profile):
-        index = feature[1] if feature is not None and feature[0] is b else None
-        ev = limitwait.event(
-            "usage_limit_end", batch_id=b.batch_id, now=now, reason=reason, feature_index=index
-        )
+        if b is audited:
+            continue
+        ev = limitwait.event("usage_limit_end", batch_id=b.batch_id, now=now, reason=reason)
         host.persist(b, (ev,))
     log.info("%s's usage-limit wait ended (%s)", profile, reason)
     live.touch()
@@ -143,7 +157,5 @@ def pause_profile(host: WaitHost, profile: str, reason: str) -> list[str]:
 def login_pause_reason(verdict: Verdict, profile: str) -> str:
     """``agent_login: ...``: the profile, and how to log in (the verdict's help)."""
     help_text = verdict.message or "the agent is not logged in"
-    return (
-        f"{limitwait.PAUSE_LOGIN}: the agent of runner profile {profile!r} is not logged in: "
-        f"{help_text}; then 'batchctl resume --all'"
-    )
+    then = "then `batchctl resume --all`"
+    return f"{limitwait.PAUSE_LOGIN}: runner profile {profile!r}: {help_text}; {then}"

@@ -17,7 +17,12 @@ from batchd.transitions import PAUSE_BREAKER, PAUSE_COST, Settings, Step
 
 
 def status_line(live: Live, slots: int, queue_pause_reason: str | None) -> str:
-    """systemd's ``STATUS=``: how many run and what, or why nothing does."""
+    """systemd's ``STATUS=``: how many run and what, or why nothing does; the runner
+    profiles that wait for their usage limit either way."""
+    waits = [
+        f"waiting for {profile}'s usage limit until {wait.until}"
+        for profile, wait in sorted(live.queue.limit_waits.items())
+    ]
     if live.running:
         parts = [
             f"{slot.batch.batch_id} {slot.index + 1}/{slot.batch.state.total_features}: "
@@ -25,15 +30,11 @@ def status_line(live: Live, slots: int, queue_pause_reason: str | None) -> str:
             for slot in live.running.values()
         ]
         n = len(parts)
-        return f"{n} running ({slots} slots): " + "; ".join(parts)
+        return f"{n} running ({slots} slots): " + "; ".join(parts + waits)
     if queue_pause_reason:
         return f"queue paused: {queue_pause_reason}"
-    waits = live.queue.limit_waits
     if waits:
-        return "; ".join(
-            f"waiting for {profile}'s usage limit until {wait.until}"
-            for profile, wait in sorted(waits.items())
-        )
+        return "; ".join(waits)
     waiting = [b for b in live.batches.values() if b.retry.next_attempt_at and not b.finished]
     if waiting:
         b = min(waiting, key=lambda b: b.retry.next_attempt_at or "")

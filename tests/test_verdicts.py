@@ -64,8 +64,7 @@ def test_claude_not_logged_in_is_login_trouble_charging_nothing() -> None:
     assert v.message == (
         "claude is not logged in (Not logged in · Please run /login): run `claude` once in a "
         "terminal as alice and type /login, or put ANTHROPIC_API_KEY in "
-        "~/.config/batchd/environment (the batchd service's EnvironmentFile; when batchd "
-        "runs in a terminal, export it there), then `batchctl resume`"
+        "~/.config/batchd/environment (the batchd service's EnvironmentFile)"
     )
     assert v.session_id == "152f20d2-9001-4d04-afc2-787db10268c5"
 
