@@ -172,4 +172,4 @@ def test_codex_reconnects_then_completes_with_its_tokens(
     assert f"batchctl: the agent's session is {CODEX_THREAD} (resume it: " in logs.stderr
     assert f"`codex resume {CODEX_THREAD}`" in logs.stderr
     every = d.ctl("logs", state["batch_id"], "0", "--all").stdout.splitlines()[0]
-    assert every == f"==> feature 1 (index 0), attempt 1: {log} (agent session {CODEX_THREAD}) <=="
+    assert every == f"==> feature 1 (index 0), attempt 1, session {CODEX_THREAD}: {log} <=="
