@@ -423,6 +423,10 @@ class ReportBatch(TypedDict):
     consecutive_failures: int
     counts: ReportCounts
     features: list[ReportFeature]
+    # A worktree batch's only (SPEC 15): its branch, and in words its base, what
+    # merge_into_base did and which worktrees were kept for changes no commit holds.
+    branch: NotRequired[str | None]
+    git_note: NotRequired[str | None]
 
 
 class Report(TypedDict):
