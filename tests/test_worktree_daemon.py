@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.gitrepo import commit, git, rev, snapshot
-from tests.harness import agent_command, toml_list
+from tests.harness import Daemon, agent_command, toml_list
 from tests.worktree_setup import (
     ENV,
     MakeDaemon,
@@ -122,7 +122,7 @@ def conflict_setup(
     features = [f"commit=shared.txt barrier={gate}:2 {w}" for w in ("left", "right")]
     submit(d, "c.json", repo.path, features, parallel=True)
     [st] = wait_settled(d)
-    return repo, {"state": st, "runs": agent_starts(d)}
+    return repo, {"state": st, "runs": agent_starts(d), "daemon": d}
 
 
 def test_a_conflict_is_retried_from_the_new_tip_and_resolved(
@@ -172,7 +172,8 @@ def test_a_conflict_that_stays_fails_the_feature_and_keeps_its_branch(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     """With its retries used up, a conflicting feature fails (the batch fails); its branch
-    stays with its commit, which is not in the batch branch; its worktree goes."""
+    stays with its commit, which is not in the batch branch; its worktree goes. batchctl
+    retry runs it again, from the batch branch's tip in a worktree made again, and merges."""
     repo, got = conflict_setup(make_daemon, tmp_path, retries=0)
     st = got["state"]
     assert isinstance(st, dict)
@@ -191,6 +192,15 @@ def test_a_conflict_that_stays_fails_the_feature_and_keeps_its_branch(
     assert merged.returncode == 1
     assert repo.merges(rec["branch"]) == Counter({1 - loser: 1})
     assert repo.worktrees() == [] and rec["step"] == "removed"
+    repo.untouched()
+    d = got["daemon"]
+    assert isinstance(d, Daemon)
+    assert d.ctl("retry", bid).returncode == 0  # run again: the batch's worktree is made again
+    d.wait_for(lambda: wait_settled(d) and d.batch_states()[0]["status"] == "completed")
+    rec = d.batch_states()[0]["git"]
+    assert repo.merges(rec["branch"]) == Counter({0: 1, 1: 1})
+    assert rec["step"] == "removed" and repo.worktrees() == []
+    assert branch in repo.branches()  # the failed attempt's commit stays reachable
     repo.untouched()
 
 
@@ -386,4 +396,43 @@ def test_status_show_and_list_give_each_running_features_worktree_and_branch(
     assert f"branch batchd/{bid}" in d.ctl("list").stdout
     gate.touch()
     wait_settled(d)
+    repo.untouched()
+
+
+def test_cancelling_a_parallel_batch_stops_every_feature_and_removes_its_worktrees(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """cancel stops both running features of a parallel batch (interrupted), then the
+    batch's worktrees go before on_batch_done runs with BATCHD_BRANCH; nothing is merged
+    and the user's checkout is untouched."""
+    repo = Repo(tmp_path / "repo")
+    out = tmp_path / "hook.out"
+    hook = [
+        "sh",
+        "-c",
+        'ls "$(dirname "$0")/d/state/worktrees" > "$0"; echo "$BATCHD_BRANCH" >> "$0"',
+    ]
+    d = worktree_daemon(
+        make_daemon, slots=2, extra=f"[hooks]\non_batch_done = {toml_list([*hook, str(out)])}\n"
+    )
+    d.start()
+    never = tmp_path / "never"
+    submit(
+        d,
+        "c.json",
+        repo.path,
+        [f"commit=a.txt wait={never}", f"commit=b.txt wait={never}", "three"],
+        parallel=True,
+    )
+    d.wait_for(lambda: len(agent_starts(d)) == 2, what="two runs")
+    [st] = d.batch_states()
+    assert d.ctl("cancel", st["batch_id"]).returncode == 0
+    [st] = wait_settled(d)
+    assert st["status"] == "cancelled"
+    assert [a["outcome"] for a in st["processing_history"]] == ["interrupted", "interrupted"]
+    assert d.live_runners() == []
+    d.wait_for(out.exists, what="the on_batch_done hook")
+    assert out.read_text().split() == [st["git"]["branch"]]  # no worktree was left by then
+    assert repo.merges(st["git"]["branch"]) == Counter()
+    assert repo.worktrees() == []
     repo.untouched()
