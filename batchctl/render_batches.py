@@ -47,6 +47,8 @@ def format_list(batches: list[shapes.BatchItem], width: int) -> str:
             f"{counts(b):>13} {money(b['cost_usd']):>8}  "
         )
         rows.append(head + cut(b["name"], width - len(head)))
+        if b.get("branch"):
+            rows.append(cut(f"{'':>{sw}} branch {b['branch']}", width))
     return "\n".join(rows)
 
 
@@ -79,19 +81,43 @@ def format_show(result: shapes.Show, now: float, width: int) -> str:
             f"waiting for {printable(b['runner'])}'s usage limit until "
             f"{local_time(b['limit_until'], now)} (`batchctl limit` says why)"
         )
-    run = result["running"]
-    if run is not None:
+    out += git_lines(b, s, width)
+    running = result.get("running_all")
+    runs = running if running is not None else [r for r in [result["running"]] if r is not None]
+    for run in runs:
         elapsed = since(run["started_at"], now) if run["started_at"] else "starting"
         out.append(
             f"running: {feature_label(run['feature_index'], run['total_features'])}, "
             f"attempt {run['attempt']}, {elapsed}, {run_where(run)}"
         )
+        if run.get("worktree"):
+            out.append(f"    in {printable(run['worktree'])} on {printable(run['branch'])}")
     out.append("")
     out += feature_rows(s, result["feature_states"], now, width)
     if s["processing_history"]:
         out.append("")
         out += attempt_rows(s["processing_history"], now, width)
     return "\n".join(out)
+
+
+def git_lines(b: shapes.BatchItem, state: dict[str, Any], width: int) -> list[str]:
+    """A worktree batch (SPEC 15): its branch and base, its worktree while there, what
+    merge_into_base did, and every worktree kept for changes no commit holds."""
+    rec = state.get("git")
+    if not rec:
+        return ["worktree: made when its first feature starts"] if b.get("isolation") else []
+    base = rec["base_ref"] or f"a detached HEAD ({rec['base_commit'][:12]})"
+    out = [cut(f"branch: {rec['branch']} (from {base} at {rec['base_commit'][:12]})", width)]
+    if rec["step"] not in ("removed", "kept"):
+        out.append(f"worktree: {printable(rec['worktree'])}")  # whole: it is copied
+    if rec.get("forward"):
+        out += wrap(rec["forward"], "base: ", "    ", 3, width)
+    kept = [rec] if rec["step"] == "kept" else []
+    kept += [f for f in rec["features"] if f["step"] == "kept"]
+    for k in kept:
+        out.append(f"kept: {printable(k['worktree'])} ({printable(k['branch'])})")
+        out += wrap(k["note"] or "", "    ", "    ", 4, width)
+    return out
 
 
 def feature_rows(state: dict[str, Any], states: list[str], now: float, width: int) -> list[str]:

@@ -121,6 +121,8 @@ def running_lines(st: shapes.Status, now: float) -> list[str]:
             )
         )
         out.append(cut(f"    {where}: {printable(run['feature'])}", WIDTH))
+        if run.get("worktree"):
+            out.append(f"    in {printable(run['worktree'])} on {printable(run['branch'])}")
     if out:
         return out
     at = st["next_retry_at"]
@@ -159,6 +161,8 @@ def batch_table(batches: list[shapes.BatchItem], now: float, queue_paused: bool)
             rows += wrap(b["pause_reason"], "    paused: ")
         if b["next_attempt_at"] and b["status"] not in FINISHED:
             rows.append(f"    next attempt at {local_time(b['next_attempt_at'], now)}")
+        if b.get("base_forward"):
+            rows += wrap(printable(b["base_forward"] or ""), "    base: ")
     return rows
 
 

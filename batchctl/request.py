@@ -142,6 +142,18 @@ def file_choices(options: Options) -> dict[str, Any]:
     return out
 
 
+def check_worktree(req: dict[str, Any], label: str) -> None:
+    """A worktree batch's cwd is inside a git work tree (SPEC 15), the daemon's own cheap
+    check (else exit 1, saying what to do); git has the last word at its first feature."""
+    if req.get("isolation") != "worktree":
+        return
+    from batchd.worktreecheck import work_tree_refusal
+
+    why = work_tree_refusal(req["cwd"], label)
+    if why is not None:
+        die(render.printable(why), EXIT_FAIL, E_INVALID)
+
+
 def check_runner(choices: dict[str, Any], cfg: Config) -> None:
     """``--runner`` names a profile of the config (else exit 1, naming the profiles)."""
     runner = choices.get("runner")

@@ -34,6 +34,7 @@ from batchctl.request import (
     add_request,
     check,
     check_runner,
+    check_worktree,
     command_line_choices,
     cwd_of,
     file_request,
@@ -102,6 +103,7 @@ def queue(
     stem, label = names
     body = json.dumps(req, ensure_ascii=False).encode()
     features = check(label, body, spool_limits(cfg))
+    check_worktree(req, label)
     if running is None:
         running = daemon_watches(cfg)
     maybe_ask_consent(cfg)

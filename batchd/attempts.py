@@ -35,8 +35,10 @@ def opened(
     job_id: str | None,
     run_id: str | None,
     git_head: str | None,
+    where: tuple[str, str] | None = None,
 ) -> Attempt:
-    """The record of an attempt that has just started."""
+    """The record of an attempt that has just started (``where``: the worktree and branch
+    of a worktree batch's feature, SPEC 15)."""
     return Attempt(
         feature_index=index,
         attempt=number,
@@ -47,6 +49,8 @@ def opened(
         run_id=run_id,
         phase="running",
         git=GitEvidence(head_before=git_head) if git_head else None,
+        worktree=where[0] if where else None,
+        branch=where[1] if where else None,
     )
 
 
@@ -64,8 +68,23 @@ def verifying(
         attempt.git = git
 
 
+def merging(attempt: Attempt, verdict: Verdict, exit_code: int | None, ev: Evidence) -> None:
+    """A parallel feature completed and passed its check; its merge starts (SPEC 15). What
+    the agent reported and what the check said are kept: a restart merges again from here."""
+    verifying(attempt, verdict, exit_code, ev.git)
+    attempt.phase = "merging"
+    attempt.verify = ev.verify
+    attempt.verified = ev.verified
+
+
+def merged_evidence(attempt: Attempt) -> Evidence:
+    """The evidence recorded when the merge started (after a restart)."""
+    return Evidence(git=attempt.git, verify=attempt.verify, verified=attempt.verified)
+
+
 def agent_verdict(attempt: Attempt) -> Verdict:
-    """The agent's ``completed`` as recorded when its check started (after a restart)."""
+    """The agent's ``completed`` as recorded when its check (or merge) started (after a
+    restart)."""
     return Verdict(
         "completed",
         tokens=attempt.tokens,

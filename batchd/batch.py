@@ -13,11 +13,11 @@ Every change of ``status`` goes through ``transitions.move`` and its one table
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import msgspec
 
-from batchd import attempts, policy
+from batchd import attempts, policy, startable
 from batchd.attempts import Evidence
 from batchd.classify import Verdict
 from batchd.errors import BadArgs, BadState
@@ -33,7 +33,6 @@ from batchd.model import (
     utc_iso,
 )
 from batchd.parse import ParsedBatch
-from batchd.schedule import Candidate
 from batchd.transitions import (
     OPEN,
     PAUSE_BREAKER,
@@ -114,45 +113,36 @@ class Batch:
     def finished(self) -> bool:
         return self.state.status in FINISHED
 
-    def open_attempt(self) -> Attempt | None:
-        """The last attempt if it has no outcome yet (running, or cut off by a crash)."""
+    def open_attempt(self, index: int | None = None) -> Attempt | None:
+        """The attempt without an outcome yet (running, or cut off by a crash): the last one
+        of the batch, or with ``index`` the last one of that feature (a parallel batch has
+        one per running feature)."""
         hist = self.state.processing_history
-        if hist and hist[-1].outcome is None:
-            return hist[-1]
+        if index is None:
+            return hist[-1] if hist and hist[-1].outcome is None else None
+        for a in reversed(hist):
+            if a.feature_index == index:
+                return a if a.outcome is None else None
         return None
 
-    def candidate(
-        self, now: float, cooldown: float, cwd: str, limit_until: float | None = None
-    ) -> Candidate | None:
-        """What the scheduler needs to know of this batch; None when it has nothing to run.
-
-        The one rule of when a batch may start its next feature: not finished, a feature
-        left, not paused, except the breaker's half-open probe after its cooldown; a
-        pending retry (``ready_at``) keeps its cwd reserved meanwhile; its runner
-        profile's usage-limit wait (``limit_until``) holds it without reserving the cwd.
-        """
-        s = self.state
-        if s.status in FINISHED or s.current_index >= s.total_features:
-            return None
-        profile = s.runner
-        if s.status == "paused":
-            opened = self.retry.breaker_opened_at
-            if s.pause_reason != PAUSE_BREAKER or cooldown <= 0 or opened is None:
-                return None  # paused until someone resumes it
-            probe_at = max(parse_iso(opened) + cooldown, limit_until or 0.0)
-            return Candidate(self.batch_id, s.seq, cwd, probe_at, False, profile)
-        retry_at = self.wait_until()
-        if limit_until is not None and (retry_at is None or limit_until > retry_at):
-            return Candidate(self.batch_id, s.seq, cwd, limit_until, False, profile)
-        return Candidate(self.batch_id, s.seq, cwd, retry_at, True, profile)
+    def open_attempts(self) -> list[Attempt]:
+        """Every attempt without an outcome, oldest first (one at most, unless parallel)."""
+        if not self.state.parallel:
+            last = self.open_attempt()
+            return [last] if last is not None else []
+        latest = {a.feature_index: a for a in self.state.processing_history}
+        return sorted((a for a in latest.values() if a.outcome is None), key=lambda a: a.started_at)
 
     def runnable(self, now: float, cooldown: float) -> bool:
-        """May this batch's next feature be started now (retry waits aside)? ``candidate``'s
-        rule: a probe only once its time has come."""
-        c = self.candidate(now, cooldown, "")
-        if c is None:
-            return False
-        return c.reserves_cwd or c.ready_at is None or c.ready_at <= now
+        """May this batch start a feature now (retry waits aside)?"""
+        return startable.runnable(self.state, self.retry, now, cooldown)
+
+    def may_start(self, index: int, now: float, cooldown: float) -> bool:
+        """May feature ``index`` (its slot taken) start now: the batch runnable and the
+        feature still the next (sequential) or still unsettled (parallel)?"""
+        if self.state.parallel:
+            return index not in self.settled and self.runnable(now, cooldown)
+        return self.state.current_index == index and self.runnable(now, cooldown)
 
     def wait_until(self) -> float | None:
         """When a pending retry may start (epoch seconds), or None."""
@@ -167,7 +157,7 @@ class Batch:
         number, outcome = last
         return number if outcome is None or outcome in UNCHARGED else number + 1
 
-    def feature_states(self, running: int | None) -> list[str]:
+    def feature_states(self, running: Collection[int] = ()) -> list[str]:
         """Per feature: completed, failed, skipped, running, cancelled (never to run) or pending."""
         s = self.state
         done = set(s.completed_features)
@@ -181,7 +171,7 @@ class Batch:
                 out.append("failed")
             elif i in skipped:
                 out.append("skipped")
-            elif i == running:
+            elif i in running:
                 out.append("running")
             else:
                 out.append("cancelled" if s.status == "cancelled" else "pending")
@@ -204,9 +194,11 @@ class Batch:
         job_id: str | None = None,
         run_id: str | None = None,
         git_head: str | None = None,
+        where: tuple[str, str] | None = None,
     ) -> Attempt:
         """Record that an attempt of ``index`` has started (``git_head``: the commit its work
-        tree was at); a pending retry wait is over.
+        tree was at; ``where``: its worktree and branch, SPEC 15); a pending retry wait is
+        over (in a parallel batch, once its time has come: other features start meanwhile).
 
         A batch paused meanwhile (by the user, while the runner was being started)
         stays paused; only the breaker's half-open probe takes a paused batch back.
@@ -214,7 +206,9 @@ class Batch:
         s = self.state
         if s.status != "paused" or s.pause_reason == PAUSE_BREAKER:
             self._move("begin", now)
-        self.clear_retry_wait(now)
+        wait = self.wait_until()
+        if not s.parallel or (wait is not None and wait <= now):
+            self.clear_retry_wait(now)
         attempt = attempts.opened(
             index=index,
             number=self.attempt_number(index),
@@ -224,26 +218,46 @@ class Batch:
             job_id=job_id,
             run_id=run_id,
             git_head=git_head,
+            where=where,
         )
         self.state.processing_history.append(attempt)
         self.last_attempt[index] = (attempt.attempt, None)
         return attempt
 
     def start_verifying(
-        self, verdict: Verdict, exit_code: int | None, git: GitEvidence | None, now: float
+        self,
+        verdict: Verdict,
+        exit_code: int | None,
+        git: GitEvidence | None,
+        now: float,
+        index: int | None = None,
     ) -> Attempt:
         """The agent said completed: its check starts (recorded, so a restart runs the check
         again, not the agent)."""
-        attempt = self.open_attempt()
-        if attempt is None:
-            raise BadState(f"{self.batch_id}: no attempt is running")
+        attempt = self._running(index)
         attempts.verifying(attempt, verdict, exit_code, git)
         self.state.updated_at = utc_iso(now)
         return attempt
 
-    def mark_interrupted(self, now: float, why: str) -> Attempt | None:
+    def start_merging(
+        self, index: int, verdict: Verdict, exit_code: int | None, evidence: Evidence, now: float
+    ) -> Attempt:
+        """A parallel feature completed and passed its check: its merge into the batch
+        branch starts (recorded, so a restart merges again, never runs the agent again)."""
+        attempt = self._running(index)
+        attempts.merging(attempt, verdict, exit_code, evidence)
+        self.state.updated_at = utc_iso(now)
+        return attempt
+
+    def _running(self, index: int | None) -> Attempt:
+        attempt = self.open_attempt(index)
+        if attempt is None:
+            raise BadState(f"{self.batch_id}: no attempt is running")
+        return attempt
+
+    def mark_interrupted(self, now: float, why: str, index: int | None = None) -> Attempt | None:
         """Close an attempt cut off by a crash or a stop: it runs again, uncharged."""
-        attempt = self.open_attempt()
+        attempt = self.open_attempt(index)
         if attempt is None:
             return None
         self._close(attempt, Verdict("interrupted", None, why), now, exit_code=None)
@@ -272,11 +286,11 @@ class Batch:
         now: float,
         rand: Callable[[], float],
         evidence: Evidence | None = None,
+        index: int | None = None,
     ) -> Step:
-        """Apply the outcome of the open attempt: complete, retry, or fail the feature."""
-        attempt = self.open_attempt()
-        if attempt is None:
-            raise BadState(f"{self.batch_id}: no attempt is running")
+        """Apply the outcome of the open attempt (of feature ``index``): complete, retry, or
+        fail the feature."""
+        attempt = self._running(index)
         s = self.state
         index = attempt.feature_index
         self._close(attempt, verdict, now, exit_code, evidence)

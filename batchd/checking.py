@@ -100,7 +100,7 @@ async def after_agent(
     one decide ``require_change``, then judge by the check the run ran itself (``in_job``,
     a Slurm job's) or run the check here."""
     batch, spec = slot.batch, slot.spec
-    attempt = batch.open_attempt()
+    attempt = batch.open_attempt(slot.index)
     before = attempt.git.head_before if attempt is not None and attempt.git else None
     git = await gitinfo.evidence(spec.cwd, before, env=spec.env) if in_git(spec.cwd) else None
     if verdict.outcome != "completed":
@@ -119,7 +119,7 @@ async def after_agent(
     argv = check_argv(rules, batch)
     if not argv:
         return Checked(verdict, Evidence(git=git))
-    batch.start_verifying(verdict, exit_code, git, host.clock.now())
+    batch.start_verifying(verdict, exit_code, git, host.clock.now(), slot.index)
     host.persist(batch)
     return await run(host, slot, verdict, git, argv)
 

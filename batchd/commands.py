@@ -30,6 +30,7 @@ from batchd.protocol import is_batch_id
 from batchd.report import DEFAULT_SINCE_S
 from batchd.store import Store, StoreError
 from batchd.transitions import Settings
+from batchd.worktreeplan import Problem
 
 log = logging.getLogger("batchd")
 
@@ -63,6 +64,8 @@ class Control(views.Reader, Protocol):
     def reload(self) -> str | None: ...
 
     def end_limit_wait(self, profile: str) -> None: ...
+
+    async def discard_worktrees(self, batch: Batch) -> None: ...
 
     @property
     def restart_via(self) -> Literal["systemd", "exec"]: ...
@@ -256,6 +259,10 @@ async def prune(engine: Control, a: shapes.PruneArgs) -> shapes.Pruned:
         return {"removed": old, "dry_run": True}
     for bid in old:
         try:
+            await engine.discard_worktrees(engine.live.batches[bid])
+        except (OSError, Problem) as e:  # the batch stays: prune again once it is fixed
+            raise NotDurable(f"cannot remove the worktrees of {bid}: {e}") from None
+        try:
             engine.store.remove_batch(bid)
         except (OSError, StoreError) as e:
             raise NotDurable(f"cannot remove {bid}: {e}") from None
@@ -315,7 +322,7 @@ def _log_target(engine: Control, batch: Batch, index: int | None) -> tuple[int, 
     """The log of the latest attempt of ``index`` (default: running, else last run)."""
     s = batch.state
     if index is None:
-        slot = engine.live.running.get(batch.batch_id)
+        slot = engine.live.slot_for(batch.batch_id)
         if slot is not None:
             index = slot.index
         elif s.processing_history:
@@ -408,8 +415,7 @@ async def follow_logs(
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             yield {"type": "attempt", "index": index, "attempt": attempt}
             continue
-        slot = engine.live.running.get(batch.batch_id)
-        running = slot is not None and slot.index == index
+        running = engine.live.slot_for(batch.batch_id, index) is not None
         if (index in batch.settled or batch.finished) and not running:
             final.update({"batch_id": batch.batch_id, "index": index, "ended": True})
             return

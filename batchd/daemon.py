@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from batchd import __version__, checkconfig, intake, queue, recovery, systemd
+from batchd import __version__, checkconfig, intake, queue, recovery, systemd, worktreecheck
 from batchd.config import Config
 from batchd.engine import Engine
 from batchd.engines import RunnerEngine
@@ -191,6 +191,9 @@ def _wire(
         lock=spool_lock,
         report=engine.live.spool_report,
         on_change=lambda trouble: engine.live.set_problem("spool", trouble),
+        vet=lambda name, parsed: worktreecheck.refusal(
+            name, parsed.options.isolation, parsed.cwd or engine.rules.default_cwd()
+        ),
     )
     return engine, spool
 

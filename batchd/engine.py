@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -39,8 +40,11 @@ from batchd import (
     queue,
     reportfile,
     schedule,
+    startable,
     waiting,
     wording,
+    worktreeend,
+    worktreerecord,
 )
 from batchd.batch import Batch
 from batchd.checkconfig import daemon_user, start_warnings
@@ -57,6 +61,7 @@ from batchd.policy import consent
 from batchd.rules import Rules, missing_profile
 from batchd.store import Store
 from batchd.transitions import Settings
+from batchd.worktree import prepare_root
 
 log = logging.getLogger("batchd")
 
@@ -133,6 +138,11 @@ class Engine:
         """Use ``cfg`` from now on (start, or a good reload)."""
         self._rules = Rules.make(cfg, self.env, self._user)
         self._cwd_keys.clear()
+        wt = cfg.worktree.dir
+        self._worktree_dir = (
+            os.path.expanduser(wt) if wt else str(cfg.paths.state_dir / "worktrees")
+        )
+        self._worktree_real = os.path.realpath(self._worktree_dir)
         self.check_batches()
         self.check_runners()
 
@@ -169,12 +179,23 @@ class Engine:
     def effective_cwd(self, batch: Batch) -> str:
         return self._rules.effective_cwd(batch)
 
-    def cwd_key(self, batch: Batch) -> str:
-        """The effective cwd after realpath: two batches with one key never run together."""
+    def cwd_key(self, batch: Batch, index: int | None = None) -> str:
+        """Where the batch's feature (``index``, else its next) runs, after realpath: two
+        features with one key never run together. A worktree batch's is its worktree (a
+        parallel batch's feature its own), so batches on one repository run side by side."""
+        s = batch.state
+        if s.isolation == "worktree":
+            number = batch.attempt_number(index) if index is not None else 1
+            return worktreerecord.planned_dir(s, self._worktree_real, index, number)
         key = self._cwd_keys.get(batch.batch_id)
         if key is None:
             key = self._cwd_keys[batch.batch_id] = os.path.realpath(self.effective_cwd(batch))
         return key
+
+    def worktree_root(self) -> str:
+        """``worktree.dir`` (default ``state_dir/worktrees``), made when missing; its real
+        path. ``Problem`` when it is not a directory."""
+        return prepare_root(self._worktree_dir)
 
     # --- consent -----------------------------------------------------------------------
 
@@ -222,6 +243,7 @@ class Engine:
     def forget(self, batch_id: str) -> None:
         """A pruned batch: gone from memory and from the journal."""
         self.live.batches.pop(batch_id, None)
+        self.live.git_locks.pop(batch_id, None)
         self.journal.forget(batch_id)
         self._cwd_keys.pop(batch_id, None)
 
@@ -249,7 +271,7 @@ class Engine:
         live = self.live
         async with anyio.create_task_group() as tg:
             for slot in adopted or []:
-                live.running[slot.batch.batch_id] = slot
+                live.running[slot.key] = slot
                 tg.start_soon(feature.follow, self, slot)
             while not live.stopping:
                 wake = live.wake
@@ -258,9 +280,11 @@ class Engine:
                     continue
                 while self._done_hooks:
                     tg.start_soon(self.batch_hook, "on_batch_done", self._done_hooks.pop(0))
-                plan = self._plan()
-                for batch_id in plan.start:
-                    tg.start_soon(feature.run, self, self._take_slot(live.batches[batch_id]))
+                plan, candidates = self._plan()
+                for key in plan.start:
+                    c = candidates[key]
+                    slot = self._take_slot(live.batches[c.batch_id], c.index)
+                    tg.start_soon(feature.run, self, slot)
                 self.notify_status()
                 await self.clock.sleep_until(plan.wake_at, wake)
             self._stop_runs(tg)
@@ -278,28 +302,35 @@ class Engine:
         for slot in self.live.running.values():
             slot.stop("daemon stopping")
 
-    def _plan(self) -> schedule.Plan:
+    def _plan(self) -> tuple[schedule.Plan, dict[str, schedule.Candidate]]:
+        """What starts now, and the candidates by their slot key."""
         live = self.live
         now = self.clock.now()
         cooldown = self.settings.policy.breaker_cooldown
         waits = live.queue.limit_waits
-        candidates = []
+        slots = self.cfg.queue.slots
+        candidates: dict[str, schedule.Candidate] = {}
         for batch in live.batches.values():
             if batch.finished:
                 continue
             until = limitwait.blocked_until(waits, batch.state.runner, now)
-            c = batch.candidate(now, cooldown, self.cwd_key(batch), until)
-            if c is not None:
-                candidates.append(c)
-        return schedule.plan(
-            candidates,
-            slots=self.cfg.queue.slots,
-            running={bid: slot.cwd for bid, slot in live.running.items()},
+            busy = [s.index for s in live.slots_of(batch.batch_id)] if batch.state.parallel else ()
+            cwd_of = partial(self.cwd_key, batch)
+            state, retry, settled = batch.state, batch.retry, batch.settled
+            for c in startable.candidates(
+                state, retry, settled, cooldown, cwd_of, until, busy=busy, limit=slots
+            ):
+                candidates[c.key] = c
+        plan = schedule.plan(
+            candidates.values(),
+            slots=slots,
+            running={key: slot.cwd for key, slot in live.running.items()},
             paused=live.queue.queue_paused or self.journal.failure is not None,
             now=now,
             probing=limitwait.probing(waits, now),
             running_profiles=[slot.batch.state.runner for slot in live.running.values()],
         )
+        return plan, candidates
 
     async def _retry_writes(self) -> None:
         if self.journal.flush(self.live.batches):
@@ -339,10 +370,10 @@ class Engine:
 
     # --- one feature ----------------------------------------------------------------------
 
-    def _take_slot(self, batch: Batch) -> Slot:
-        index = batch.state.current_index
-        slot = Slot(batch, index, self.cwd_key(batch), self.launch_spec(batch, index))
-        self.live.running[batch.batch_id] = slot
+    def _take_slot(self, batch: Batch, index: int | None = None) -> Slot:
+        index = batch.state.current_index if index is None else index
+        slot = Slot(batch, index, self.cwd_key(batch, index), self.launch_spec(batch, index))
+        self.live.running[slot.key] = slot
         return slot
 
     def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec:
@@ -350,12 +381,13 @@ class Engine:
         with the batch's runner profile (``[runner]`` when the profile is gone: a reload that
         removed it paused the batch, so this is only a run found again after a restart)."""
         number = batch.attempt_number(index)
+        where = worktreerecord.place(batch.state, index, number)  # a worktree batch's
         spec = launch.spec(
             self._rules.runner(batch) or self.cfg.runner,
             self._rules.base_env,
             batch,
             index,
-            cwd=self.effective_cwd(batch),
+            cwd=where.cwd if where is not None else self.effective_cwd(batch),
             log_path=self.log_path(batch, index, number),
             run_id=run_id or launch.new_run_id(self.run_id_prefix, batch, index, number),
         )
@@ -365,37 +397,49 @@ class Engine:
     def run_id_prefix(self) -> str:
         return f"{self.state_key}-"
 
-    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None) -> Slot:
+    def adopt(
+        self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None, *, remerge: bool = False
+    ) -> Slot:
         """A run recovery found again (None: an attempt found in its check, whose check runs
-        again): it holds its slot from the start."""
-        return Slot(batch, index, self.cwd_key(batch), spec, run=run, recheck=run is None)
+        again; ``remerge``: in its merge, which is finished): it holds its slot from the start."""
+        cwd = self.cwd_key(batch, index)
+        recheck = run is None and not remerge
+        return Slot(batch, index, cwd, spec, run=run, recheck=recheck, remerge=remerge)
 
     # --- hooks -------------------------------------------------------------------------
 
     async def _hook(
-        self, name: str, batch: Batch, values: dict[str, str], env: dict[str, str]
+        self,
+        name: str,
+        batch: Batch,
+        values: dict[str, str],
+        env: dict[str, str],
+        cwd: str | None = None,
     ) -> str | None:
         return await self.hooks.run(
             name,
             getattr(self.cfg.hooks, name),
             values=values,
             env=env,
-            cwd=self.effective_cwd(batch),
+            cwd=cwd or self.effective_cwd(batch),
             timeout=float(self.cfg.hooks.timeout),
             kill_grace=min(5.0, float(self.cfg.runner.kill_grace)),
         )
 
     async def feature_hook(self, name: str, slot: Slot, env: dict[str, str]) -> str | None:
-        """``before_feature``/``after_feature``: the feature's placeholders and environment."""
+        """``before_feature``/``after_feature``: the feature's placeholders and environment,
+        in the feature's cwd (a worktree batch's: its worktree)."""
         batch = slot.batch
         values = launch.placeholders(batch, slot.index, batch.attempt_number(slot.index))
-        return await self._hook(name, batch, values, env)
+        return await self._hook(name, batch, values, env, slot.spec.cwd)
 
     async def batch_hook(self, name: str, batch: Batch) -> None:
         """``on_batch_done``/``on_breaker_open``: the batch's counts; at the end of a batch,
-        also its report (``report.md``, ``BATCHD_REPORT_FILE``)."""
+        also its report (``report.md``, ``BATCHD_REPORT_FILE``). A worktree batch's
+        worktrees are removed (and its base moved) before ``on_batch_done``."""
         report = None
         if name == "on_batch_done":
+            await worktreeend.end(self, batch)
             log.info("%s", wording.batch_done(batch))
             report = reportfile.write(self, self.store, batch)
         state_file = self.store.batch_dir(batch.batch_id) / "state.json"
@@ -418,6 +462,10 @@ class Engine:
     def end_limit_wait(self, profile: str) -> None:
         """``batchctl limit --clear``: the wait ends now, audited as cleared."""
         waiting.end(self, profile, limitwait.END_CLEARED)
+
+    async def discard_worktrees(self, batch: Batch) -> None:
+        """``prune``: the batch's worktrees go, kept ones too (its branches stay)."""
+        await worktreeend.discard(self, batch)
 
     def announce_done(self, batch: Batch) -> None:
         """A command ended a batch: its on_batch_done hook runs from the loop, so the

@@ -23,6 +23,12 @@ record written, the state that applies it not yet), ``inside_state_write``
 (``store.write_durable``, every durable write of any state file: the temp file
 written and fsynced and still open, not yet renamed over the file; a kill here
 leaves the temp file behind, and ``@N`` picks the N-th write since the start).
+The git steps of worktree batches (SPEC 15; ``worktreelife``, ``worktreeend``), each
+between the durable record that the step begins and git, and between git and the
+record of its end: ``before_worktree_create``, ``after_worktree_create`` (the batch's
+worktree or a feature attempt's), ``before_merge``, ``after_merge``,
+``before_worktree_remove``, ``after_worktree_remove``, ``before_forward``,
+``after_forward`` (``worktree.merge_into_base``).
 """
 
 from __future__ import annotations

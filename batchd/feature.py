@@ -16,6 +16,7 @@ and one after the outcome (the audit first).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import anyio
 
-from batchd import attempts, checking, failpoints, queue, waiting, wording
+from batchd import attempts, checking, failpoints, queue, waiting, wording, worktreelife
 from batchd.attempts import Evidence
 from batchd.batch import UNCHARGED, Batch
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
@@ -33,6 +34,8 @@ from batchd.engines import Run, RunnerEngine, RunRef, SpawnError
 from batchd.live import Live, Slot
 from batchd.model import AuditEvent, LimitWait, utc_iso
 from batchd.rules import Rules
+from batchd.worktreeplan import Problem
+from batchd.worktreerecord import place
 
 log = logging.getLogger("batchd")
 
@@ -61,6 +64,8 @@ class Host(Protocol):
 
     def log_path(self, batch: Batch, index: int, attempt: int) -> Path: ...
 
+    def worktree_root(self) -> str: ...
+
 
 async def run(host: Host, slot: Slot) -> None:
     """Run one feature of a batch: hook, start, wait, record, hooks; free the slot.
@@ -80,6 +85,8 @@ async def run(host: Host, slot: Slot) -> None:
 
 async def _run(host: Host, slot: Slot) -> None:
     """The body of ``run``: nothing here frees the slot."""
+    if slot.batch.state.isolation == "worktree" and not await _in_worktree(host, slot):
+        return
     hook_error = await host.feature_hook("before_feature", slot, slot.spec.env)
     if not _still_wanted(host, slot):
         return  # stopped, cancelled or paused while the hook ran
@@ -92,11 +99,28 @@ async def _run(host: Host, slot: Slot) -> None:
         await _outcome(host, slot, await started.wait())
 
 
-async def follow(host: Host, slot: Slot) -> None:
-    """Wait for a run re-attached after a restart (or run its check again, when the
-    restart came during the check), then record it as any other."""
+async def _in_worktree(host: Host, slot: Slot) -> bool:
+    """A worktree batch's feature runs in batchd's worktree (SPEC 15): made ready first.
+    Git trouble is not the feature's fault: the batch pauses, uncharged, with the reason."""
     try:
-        if slot.recheck:
+        where = await worktreelife.prepare(host, slot)
+    except (Problem, OSError) as e:
+        why = e.message if isinstance(e, Problem) else str(e)
+        if not slot.batch.finished:
+            _pause_batch(host, slot.batch, f"worktree: {why}")
+        return False
+    slot.spec = dataclasses.replace(slot.spec, cwd=where.cwd)
+    return _still_wanted(host, slot)
+
+
+async def follow(host: Host, slot: Slot) -> None:
+    """Wait for a run re-attached after a restart (or run its check or its merge again,
+    when the restart came during them), then record it as any other."""
+    try:
+        if slot.remerge:
+            verdict, evidence, exit_code = await worktreelife.merge_again(host, slot)
+            await _finish(host, slot, verdict, exit_code, ran=True, evidence=evidence)
+        elif slot.recheck:
             await _recheck(host, slot)
         else:
             assert slot.run is not None
@@ -110,7 +134,7 @@ async def follow(host: Host, slot: Slot) -> None:
 
 
 def _release(live: Live, slot: Slot) -> None:
-    live.running.pop(slot.batch.batch_id, None)
+    live.running.pop(slot.key, None)
     slot.done.set()
     live.touch()
 
@@ -121,13 +145,14 @@ def _still_wanted(host: Host, slot: Slot) -> bool:
     return (
         not host.live.stopping
         and slot.stop_reason is None
-        and batch.state.current_index == slot.index
-        and batch.runnable(host.clock.now(), cooldown)
+        and batch.may_start(slot.index, host.clock.now(), cooldown)
     )
 
 
 def _begin(host: Host, slot: Slot, ref: RunRef, git_head: str | None = None) -> None:
-    slot.batch.begin(
+    batch = slot.batch
+    where = place(batch.state, slot.index, batch.attempt_number(slot.index))
+    batch.begin(
         index=slot.index,
         now=host.clock.now(),
         pid=ref.pid,
@@ -135,8 +160,9 @@ def _begin(host: Host, slot: Slot, ref: RunRef, git_head: str | None = None) -> 
         job_id=ref.job_id,
         run_id=slot.spec.run_id,
         git_head=git_head,
+        where=(where.worktree, where.branch) if where is not None else None,
     )
-    host.persist(slot.batch)
+    host.persist(batch)
 
 
 async def _start(host: Host, slot: Slot) -> Run | None:
@@ -223,9 +249,10 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
     _log_health(host, batch, slot.index, raw.log_error)
     if raw.interrupted:
         why = slot.stop_reason or "stopped"
-        batch.mark_interrupted(host.clock.now(), f"interrupted: {why}")
+        batch.mark_interrupted(host.clock.now(), f"interrupted: {why}", slot.index)
         _durable(host, slot)
         log.info("%s: feature %d interrupted (%s)", batch.batch_id, slot.index + 1, why)
+        await worktreelife.release(host, batch, slot.index)  # a skipped feature's goes
         return
     rules = host.rules
     verdict = rules.classifier.judge(raw, rules.traits_for(batch), now=host.clock.now())
@@ -235,15 +262,25 @@ async def _outcome(host: Host, slot: Slot, raw: RawResult) -> None:
         _login_trouble(host, batch, slot.index, verdict)
         return
     checked = await checking.after_agent(host, slot, verdict, raw.exit_code, raw.check)
-    output = checked.output if checked.output is not None else None
+    await _judged(host, slot, checked, raw.exit_code, raw.stderr_tail)
+
+
+async def _judged(
+    host: Host, slot: Slot, checked: checking.Checked, exit_code: int | None, stderr: bytes
+) -> None:
+    """The attempt is judged (and checked): a completed feature of a parallel batch is
+    merged into the batch branch first (SPEC 15); then the outcome is recorded."""
+    verdict = checked.verdict
+    if slot.batch.state.parallel and verdict.outcome == "completed":
+        verdict = await worktreelife.merge(host, slot, verdict, exit_code, checked.evidence)
     await _finish(
         host,
         slot,
-        checked.verdict,
-        raw.exit_code,
+        verdict,
+        exit_code,
         ran=True,
         evidence=checked.evidence,
-        feedback=(output, raw.stderr_tail),
+        feedback=(checked.output, stderr),
     )
 
 
@@ -252,7 +289,7 @@ def _login_trouble(host: Host, batch: Batch, index: int, verdict: Verdict) -> No
     interrupted (uncharged) and the profile's batches pause until the user logs in."""
     profile = batch.state.runner
     reason = waiting.login_pause_reason(verdict, profile)
-    batch.mark_interrupted(host.clock.now(), f"interrupted: {reason}")
+    batch.mark_interrupted(host.clock.now(), f"interrupted: {reason}", index)
     host.persist(batch)
     log.error("%s: feature %d: %s", batch.batch_id, index + 1, reason)
     waiting.pause_profile(host, profile, reason)
@@ -261,7 +298,7 @@ def _login_trouble(host: Host, batch: Batch, index: int, verdict: Verdict) -> No
 async def _recheck(host: Host, slot: Slot) -> None:
     """The daemon stopped during the check: the agent's completed is on record; run the
     check again (never the agent) and record the attempt by it."""
-    attempt = slot.batch.open_attempt()
+    attempt = slot.batch.open_attempt(slot.index)
     assert attempt is not None and attempt.phase == "verifying"
     agent = attempts.agent_verdict(attempt)
     argv = checking.check_argv(host.rules, slot.batch)
@@ -269,15 +306,7 @@ async def _recheck(host: Host, slot: Slot) -> None:
         checked = await checking.run(host, slot, agent, attempt.git, argv)
     else:  # the check was removed from the configuration meanwhile
         checked = checking.Checked(agent, Evidence(git=attempt.git))
-    await _finish(
-        host,
-        slot,
-        checked.verdict,
-        attempt.exit_code,
-        ran=True,
-        evidence=checked.evidence,
-        feedback=(checked.output, b""),
-    )
+    await _judged(host, slot, checked, attempt.exit_code, b"")
 
 
 async def _finish(
@@ -316,6 +345,7 @@ async def _finish(
         now=now,
         rand=random.random,
         evidence=evidence,
+        index=slot.index,
     )
     probe_end = waiting.probe_end(host, batch, slot.index, verdict)
     failpoints.hit("before_outcome_write")
@@ -326,6 +356,7 @@ async def _finish(
     if ran:
         env = dict(slot.spec.env, BATCHD_OUTCOME=verdict.outcome)
         await host.feature_hook("after_feature", slot, env)
+    await worktreelife.release(host, batch, slot.index)
     if step.breaker_opened:
         await host.batch_hook("on_breaker_open", batch)
     if step.finished:

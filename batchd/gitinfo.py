@@ -77,10 +77,16 @@ class TreeStatus:
     untracked: tuple[str, ...]  # paths relative to the top of the work tree
 
 
+def unpointed(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` without the variables that point git at another repository, index or work
+    tree (a runner in batchd's worktree must work on the worktree)."""
+    return {k: v for k, v in base.items() if k not in _DROPPED_ENV}
+
+
 def git_env(base: Mapping[str, str]) -> dict[str, str]:
     """The environment of a git call: ``base`` without the variables that point git
     elsewhere, in the C locale, with optional locks and prompts off."""
-    env = {k: v for k, v in base.items() if k not in _DROPPED_ENV}
+    env = unpointed(base)
     env.update(LC_ALL="C", GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0")
     return env
 

@@ -15,6 +15,7 @@ from batchd import feedback
 from batchd.batch import Batch
 from batchd.config import RunnerConfig
 from batchd.engines import LaunchSpec
+from batchd.gitinfo import unpointed
 from batchd.template import render
 
 
@@ -77,6 +78,8 @@ def spec(
         env["BATCHD_LAST_ERROR_FILE"] = str(feedback_file)
     else:
         env.pop("BATCHD_LAST_ERROR_FILE", None)
+    if s.isolation == "worktree":  # git in batchd's worktree works on that worktree
+        env = unpointed(env)
     return LaunchSpec(
         run_id=run_id,
         argv=render(runner.command, placeholders(batch, index, attempt)),
@@ -91,8 +94,10 @@ def spec(
 
 
 def batch_hook_env(base_env: Mapping[str, str], batch: Batch, state_file: Path) -> dict[str, str]:
-    """The environment of ``on_batch_done`` and ``on_breaker_open``."""
+    """The environment of ``on_batch_done`` and ``on_breaker_open``; a worktree batch's
+    repository and branch too (SPEC 15)."""
     s = batch.state
+    git = {"BATCHD_REPO": s.git.repo, "BATCHD_BRANCH": s.git.branch} if s.git else {}
     return dict(
         base_env,
         BATCHD_BATCH_ID=batch.batch_id,
@@ -101,4 +106,5 @@ def batch_hook_env(base_env: Mapping[str, str], batch: Batch, state_file: Path) 
         BATCHD_FAILED=str(len(s.failed_features)),
         BATCHD_STATE_FILE=str(state_file),
         BATCHD_CONSECUTIVE_FAILURES=str(batch.retry.consecutive_failures),
+        **git,
     )

@@ -7,7 +7,9 @@ The engine owns the one ``Live`` and hands it to the parts that change it
 read it. Nothing here does IO, starts anything or decides anything.
 
 ``Slot`` is one feature that holds a slot: its batch, index, cwd (after
-realpath), what it was started with, and the run once it is started.
+realpath), what it was started with, and the run once it is started. ``running``
+is keyed by slot (``Slot.key``): a batch's id, or for each running feature of a
+parallel worktree batch ``<batch id>#<index>`` (SPEC 15).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import anyio
 from batchd.batch import Batch
 from batchd.engines import LaunchSpec, Run
 from batchd.model import DaemonState, UserState
+from batchd.schedule import slot_key
 from batchd.spoolrules import SpoolReport
 from batchd.store import Problem
 
@@ -42,6 +45,12 @@ class Slot:
     done: anyio.Event = field(default_factory=anyio.Event)
     check: Stoppable | None = None  # the check after the agent, while it runs
     recheck: bool = False  # found in its check after a restart: run the check again
+    remerge: bool = False  # found in its merge after a restart: merge again (SPEC 15)
+
+    @property
+    def key(self) -> str:
+        """Its key in ``Live.running``."""
+        return slot_key(self.batch.batch_id, self.index if self.batch.state.parallel else None)
 
     def stop(self, reason: str) -> None:
         """End the feature now (the first reason counts); its life records the outcome."""
@@ -62,7 +71,8 @@ class Slot:
 class Live:
     def __init__(self) -> None:
         self.batches: dict[str, Batch] = {}
-        self.running: dict[str, Slot] = {}  # batch id -> its slot, in start order
+        self.running: dict[str, Slot] = {}  # slot key -> its slot, in start order
+        self.git_locks: dict[str, anyio.Lock] = {}  # batch id -> one git step of it at a time
         self.queue = DaemonState()  # daemon.json
         self.user = UserState()  # user_state.json
         self.problems: list[Problem] = []
@@ -90,15 +100,31 @@ class Live:
     def has_problem(self, kind: str) -> bool:
         return any(p.kind == kind for p in self.problems)
 
+    def slots_of(self, batch_id: str) -> list[Slot]:
+        """The batch's running features (one, or one per feature of a parallel batch)."""
+        return [slot for slot in self.running.values() if slot.batch.batch_id == batch_id]
+
+    def slot_for(self, batch_id: str, index: int | None = None) -> Slot | None:
+        """The batch's running feature (the first to start), or feature ``index`` of it."""
+        slots = self.slots_of(batch_id)
+        return next((s for s in slots if index is None or s.index == index), None)
+
+    def git_lock(self, batch_id: str) -> anyio.Lock:
+        """The batch's git steps in its own worktree (record, make, merge) one at a time."""
+        lock = self.git_locks.get(batch_id)
+        if lock is None:
+            lock = self.git_locks[batch_id] = anyio.Lock()
+        return lock
+
     async def stop_run(self, batch: Batch, reason: str, index: int | None = None) -> bool:
-        """Stop the batch's running feature (only ``index``, if given) and wait until its
+        """Stop the batch's running features (only ``index``, if given) and wait until each
         outcome is recorded; False when nothing of it was running."""
-        slot = self.running.get(batch.batch_id)
-        if slot is None or (index is not None and slot.index != index):
-            return False
-        slot.stop(reason)
-        await slot.done.wait()
-        return True
+        slots = [s for s in self.slots_of(batch.batch_id) if index is None or s.index == index]
+        for slot in slots:
+            slot.stop(reason)
+        for slot in slots:
+            await slot.done.wait()
+        return bool(slots)
 
     async def stop_all_runs(self, reason: str) -> int:
         """Stop every running feature and wait until each outcome is recorded."""

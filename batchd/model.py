@@ -22,6 +22,20 @@ SourceType = Literal["file", "github_issues"]
 Isolation = Literal["worktree"]
 # Where an attempt without an outcome stands (SPEC 14, 15): null (old entries) = running.
 Phase = Literal["running", "verifying", "merging"]
+# Where a worktree of batchd stands in its git life (SPEC 15; the table is ``worktreesteps``).
+GitStep = Literal[
+    "absent",  # nothing made
+    "creating",  # begun: branch and worktree being made
+    "ready",  # the worktree is there (features run in it)
+    "merging",  # begun: a feature's branch being merged into the batch branch
+    "merged",  # its commits are in the batch branch
+    "unmerged",  # the merge conflicted (aborted) or failed; the branch stays
+    "forwarding",  # begun: the base branch being fast-forwarded (merge_into_base)
+    "forwarded",  # that step is over (moved, or refused with its reason)
+    "removing",  # begun: the worktree being removed (the branch stays)
+    "removed",
+    "kept",  # not removed: it holds changes no commit holds (until prune)
+]
 DEFAULT_RUNNER = "default"  # the profile that is ``[runner]`` itself (SPEC 13)
 
 FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -103,6 +117,32 @@ class Attempt(msgspec.Struct, kw_only=True):
     branch: str | None = None  # ... and its branch
 
 
+class FeatureWorktree(msgspec.Struct, kw_only=True):
+    """The worktree and branch of one attempt of a feature of a parallel batch (SPEC 15)."""
+
+    feature_index: int
+    attempt: int
+    branch: str
+    worktree: str
+    step: GitStep = "absent"
+    note: str | None = None  # kept: why; merged: the merge; unmerged: the conflict
+
+
+class GitRecord(msgspec.Struct, kw_only=True):
+    """A worktree batch's git life (SPEC 15), recorded when its first feature starts."""
+
+    repo: str  # the top level of the batch's cwd's work tree, after realpath
+    base_ref: str | None  # the branch checked out there, None when detached
+    base_commit: str  # the batch branch starts here
+    subdir: str = ""  # the batch's cwd inside the repository ("" at the top)
+    branch: str  # batchd/<batch_id>: the batch's result
+    worktree: str  # the batch's own worktree, under worktree.dir
+    step: GitStep = "absent"
+    note: str | None = None  # kept: why (the path stays until prune)
+    forward: str | None = None  # worktree.merge_into_base: what happened, in words
+    features: list[FeatureWorktree] = msgspec.field(default_factory=list)
+
+
 class BatchState(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
     batch_id: str
@@ -131,6 +171,7 @@ class BatchState(msgspec.Struct, kw_only=True):
     verify: list[str] | None = None  # the batch's own check (argv), over the profile's
     isolation: Isolation | None = None
     parallel: bool = False
+    git: GitRecord | None = None  # a worktree batch's repository, branch, worktrees (SPEC 15)
 
 
 class RetryState(msgspec.Struct, kw_only=True):

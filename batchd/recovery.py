@@ -2,8 +2,10 @@
 
 Order (the contract of ``READY=1``): every state file is read (unreadable ones
 are quarantined and reported); a queue pause caused by runner or cluster
-trouble is lifted (a restart usually follows a fix); then, for every batch
-whose last attempt has no outcome, the engine is asked to find the run again.
+trouble is lifted (a restart usually follows a fix); the git steps a kill cut
+short in worktree batches are repeated (``worktreeend.recover``); then, for every
+attempt without an outcome, the engine is asked to find the run again (an
+attempt in its check or its merge is finished by its feature's life instead).
 A run it can wait on (a Slurm job still queued or running, or one that ended
 meanwhile) is adopted and judged when it ends, as if nothing had happened;
 otherwise the attempt is recorded ``interrupted`` and runs again, uncharged.
@@ -16,13 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from batchd import queue, runfile
+from batchd import queue, runfile, worktreeend
 from batchd.batch import Batch
 from batchd.clock import Clock
 from batchd.engines import LaunchSpec, Run, RunnerEngine, RunRef
 from batchd.journal import Journal
 from batchd.live import Live, Slot
 from batchd.model import AuditEvent
+from batchd.rules import Rules
 from batchd.store import Store
 
 log = logging.getLogger("batchd")
@@ -40,13 +43,20 @@ class Recovering(Protocol):
     @property
     def run_id_prefix(self) -> str: ...
 
+    @property
+    def rules(self) -> Rules: ...
+
+    def worktree_root(self) -> str: ...
+
     def persist(self, batch: Batch, events: tuple[AuditEvent, ...] = ()) -> bool: ...
 
     def save_queue(self) -> bool: ...
 
     def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec: ...
 
-    def adopt(self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None) -> Slot: ...
+    def adopt(
+        self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None, *, remerge: bool = False
+    ) -> Slot: ...
 
 
 def load(engine: Recovering) -> None:
@@ -77,13 +87,20 @@ def load(engine: Recovering) -> None:
 async def recover(engine: Recovering) -> list[Slot]:
     """Find the runs a killed daemon left; return those to wait on (adopted), and the
     attempts that were in their check (their check runs again, never the agent)."""
+    await worktreeend.recover(engine)
     adopted: list[Slot] = []
-    for batch in engine.live.batches.values():
-        attempt = batch.open_attempt()
-        if attempt is None:
-            continue
+    for batch, attempt in [(b, a) for b in engine.live.batches.values() for a in b.open_attempts()]:
         index = attempt.feature_index
         spec = engine.launch_spec(batch, index, attempt.run_id)
+        if attempt.phase == "merging":
+            log.info(
+                "recovery: %s feature %d attempt %d was in its merge; the merge is finished",
+                batch.batch_id,
+                index + 1,
+                attempt.attempt,
+            )
+            adopted.append(engine.adopt(batch, index, spec, None, remerge=True))
+            continue
         if attempt.phase == "verifying":
             log.info(
                 "recovery: %s feature %d attempt %d was in its check; the check runs again",
@@ -118,14 +135,14 @@ async def recover(engine: Recovering) -> list[Slot]:
 def _discard_stale_run_temps(engine: Recovering) -> None:
     """Temp run files a keeper killed mid-write left beside closed attempts' logs."""
     for batch in engine.live.batches.values():
-        attempt = batch.open_attempt()
-        keep = (attempt.feature_index, attempt.attempt) if attempt is not None else None
+        keep = [(a.feature_index, a.attempt) for a in batch.open_attempts()]
         logs = engine.store.batch_dir(batch.batch_id) / "logs"
         runfile.discard_stale_temps(logs, keep)
 
 
 def _interrupted(engine: Recovering, batch: Batch, index: int, number: int) -> None:
-    batch.mark_interrupted(engine.clock.now(), "interrupted: the daemon stopped during the run")
+    why = "interrupted: the daemon stopped during the run"
+    batch.mark_interrupted(engine.clock.now(), why, index)
     engine.persist(batch)
     log.info(
         "recovery: %s feature %d attempt %d was interrupted by the stop; it runs again",

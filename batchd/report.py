@@ -217,7 +217,25 @@ def _batch(b: BatchRecords, log_path: LogPath, now: float) -> _BatchView:
         "counts": acc.counts(),
         "features": features,
     }
+    if s.git is not None:  # a worktree batch (other batches' reports read as they did)
+        item["branch"] = s.git.branch
+        item["git_note"] = _git_note(s)
     return _BatchView(item, r, acc)
+
+
+def _git_note(s: BatchState) -> str:
+    """A worktree batch's base and what became of it, and its kept worktrees, in words."""
+    rec = s.git
+    assert rec is not None
+    base = rec.base_ref or "a detached HEAD"
+    words = [f"branch {rec.branch} from {base} at {rec.base_commit[:12]}"]
+    words += [rec.forward] if rec.forward else []
+    kept = [rec.worktree] if rec.step == "kept" else []
+    kept += [f.worktree for f in rec.features if f.step == "kept"]
+    words += (
+        [f"kept (uncommitted changes; 'batchctl prune' removes): {', '.join(kept)}"] if kept else []
+    )
+    return "; ".join(words)
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,7 @@ def _batch_text(b: shapes.ReportBatch, width: int) -> list[str]:
         cut(f"{batch_title(b)}  {b['batch_id']}  {status}", width),
         f"  {plural(c['features'], 'feature')}: {summary(c)}",
         f"  {money_line(c)}",
+        *(_wrap(note, "  ", width) if (note := b.get("git_note")) else []),
         _row(_HEAD, widths) + "feature",
     ]
     for f, cells in zip(b["features"], rows, strict=True):
@@ -302,6 +303,7 @@ def render_markdown(report: shapes.Report, *, tz: tzinfo = UTC) -> str:
             "",
             f"{plural(c['features'], 'feature')}: {md(summary(c))}; {md(money_line(c))}",
             "",
+            *([md(b["git_note"]), ""] if b.get("git_note") else []),
         ]
         head = ("index", "outcome", "attempts", "time", "cost", "commits", "+/-", "check")
         out += _table((*head, "feature"), [_md_feature(f) for f in b["features"]])

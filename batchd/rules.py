@@ -56,9 +56,12 @@ class Rules:
         return self.traits.get(batch.state.runner) or self.traits[DEFAULT_PROFILE]
 
     def effective_cwd(self, batch: Batch) -> str:
-        """Where the batch's features run: its cwd, else runner.cwd, else home."""
-        if batch.state.cwd:
-            return batch.state.cwd
+        """Where the batch's features run: its cwd, else runner.cwd, else home (a worktree
+        batch's features run in batchd's worktree of that directory's repository)."""
+        return batch.state.cwd or self.default_cwd()
+
+    def default_cwd(self) -> str:
+        """The cwd of a batch that names none: runner.cwd, else home."""
         if self.cfg.runner.cwd:
             return os.path.expanduser(self.cfg.runner.cwd)
         return os.path.expanduser("~")

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,12 +128,13 @@ def discard_temp(path: Path) -> None:
         os.unlink(_temp(path))
 
 
-def discard_stale_temps(logs_dir: Path, open_attempt: tuple[int, int] | None) -> int:
+def discard_stale_temps(logs_dir: Path, open_attempts: Collection[tuple[int, int]]) -> int:
     """At start, once the keepers have settled: remove the temp run files in ``logs_dir``
     of attempts that are closed (a keeper killed while writing one left it; no keeper
-    writes a closed attempt's run file again). ``open_attempt``: (index, attempt) of the
-    batch's open attempt, whose run file a keeper may still write. How many were removed."""
-    keep = f"{open_attempt[0]}.{open_attempt[1]}.log." if open_attempt else None
+    writes a closed attempt's run file again). ``open_attempts``: (index, attempt) of the
+    batch's open attempts (a parallel batch may have several), whose run files a keeper
+    may still write. How many were removed."""
+    keep = tuple(f"{index}.{attempt}.log." for index, attempt in open_attempts)
     removed = 0
     try:
         names = os.listdir(logs_dir)
@@ -141,7 +143,7 @@ def discard_stale_temps(logs_dir: Path, open_attempt: tuple[int, int] | None) ->
     for name in names:
         if ".local-" not in name or not name.endswith(".exit.tmp"):
             continue
-        if keep is not None and name.startswith(keep):
+        if keep and name.startswith(keep):
             continue
         with contextlib.suppress(OSError):
             os.unlink(logs_dir / name)

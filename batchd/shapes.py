@@ -102,6 +102,9 @@ class RunningItem(TypedDict):
     job_id: str | None
     job_state: str | None  # the cluster's state of the job (slurm), else None
     log_path: str
+    # A worktree batch's (SPEC 15; always sent by this version): its worktree and branch.
+    worktree: NotRequired[str | None]
+    branch: NotRequired[str | None]
 
 
 class BatchItem(TypedDict):
@@ -128,6 +131,14 @@ class BatchItem(TypedDict):
     source_type: str
     runner: str  # its runner profile ("default": [runner])
     limit_until: str | None  # its profile waits for the agent's usage limit until then
+    # SPEC 15, always sent by this version: "worktree" or None; its features side by side;
+    # its branch batchd/<batch_id> once its first feature ran; its worktree while there
+    # (kept: it holds uncommitted changes); what worktree.merge_into_base did, in words.
+    isolation: NotRequired[str | None]
+    parallel: NotRequired[bool]
+    branch: NotRequired[str | None]
+    worktree: NotRequired[str | None]
+    base_forward: NotRequired[str | None]
 
 
 class Paths(TypedDict):
@@ -179,6 +190,7 @@ class Show(TypedDict):
     batch: BatchItem
     feature_states: list[str]  # completed, failed, skipped, running, pending or cancelled
     running: RunningItem | None  # its running feature (pid, or Slurm job and state)
+    running_all: NotRequired[list[RunningItem]]  # every one (several in a parallel batch)
     state: dict[str, Any]  # state.json as stored
     retry: dict[str, Any]  # retry_state.json as stored
 
@@ -413,6 +425,10 @@ class ReportBatch(TypedDict):
     consecutive_failures: int
     counts: ReportCounts
     features: list[ReportFeature]
+    # A worktree batch's only (SPEC 15): its branch, and in words its base, what
+    # merge_into_base did and which worktrees were kept for changes no commit holds.
+    branch: NotRequired[str | None]
+    git_note: NotRequired[str | None]
 
 
 class Report(TypedDict):

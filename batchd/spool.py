@@ -87,6 +87,7 @@ class Accepted:
 
 
 Ingest = Callable[[Accepted], None]
+Vet = Callable[[str, ParsedBatch], str | None]  # why a parsed file is refused (None: accepted)
 OnChange = Callable[[str | None], None]  # the spool problem's text (None: none) after a change
 
 
@@ -102,10 +103,12 @@ class Spool:
         lock: SpoolLock | None = None,
         report: SpoolReport | None = None,
         on_change: OnChange | None = None,
+        vet: Vet | None = None,
     ) -> None:
         """``lock``: this daemon's lock on the spool, taken again if the folder is replaced;
         ``report``: kept current for ``status`` (rejected files); ``on_change``: told when the
-        spool's problem or its report changed."""
+        spool's problem or its report changed; ``vet``: what the daemon refuses of a file
+        that parses (a worktree batch outside a git work tree, SPEC 15)."""
         self.dir = spool_dir
         self.claimed = spool_dir / CLAIMED
         self.rejected = spool_dir / REJECTED
@@ -117,6 +120,7 @@ class Spool:
         self.lock = lock
         self.report = report if report is not None else SpoolReport()
         self.on_change: OnChange = on_change or (lambda _trouble: None)
+        self.vet: Vet = vet or (lambda _name, _parsed: None)
         self.troubles: Troubles = {}
         self._looks: dict[str, FirstLook] = {}  # .json requests waiting for their second look
         self._due: float | None = None
@@ -310,6 +314,10 @@ class Spool:
             return
         except (Refused, ParseError) as e:
             self._reject(name, str(e), self.claimed, troubles)
+            return
+        why = self.vet(name, parsed)
+        if why is not None:
+            self._reject(name, why, self.claimed, troubles)
             return
         sha = hashlib.sha256(data).hexdigest()
         self.ingest(Accepted(name=name, path=path, sha256=sha, parsed=parsed))

@@ -21,6 +21,7 @@ from batchd.config import Config
 from batchd.live import Live, Slot
 from batchd.model import parse_iso
 from batchd.store import Problem
+from batchd.worktreerecord import place
 
 RECENT_FINISHED = 20  # finished batches in status; ``list`` has them all
 
@@ -105,12 +106,14 @@ def list_batches(engine: Reader) -> shapes.BatchList:
 
 
 def show(engine: Reader, batch: Batch) -> shapes.Show:
-    slot = engine.live.running.get(batch.batch_id)
-    running = slot.index if slot is not None and batch.open_attempt() is not None else None
+    slots = engine.live.slots_of(batch.batch_id)
+    running = [s.index for s in slots if batch.open_attempt(s.index) is not None]
+    items = [running_item(engine, slot) for slot in slots]
     return {
         "batch": batch_item(engine, batch, _mean_duration(list(engine.live.batches.values()))),
         "feature_states": batch.feature_states(running),
-        "running": running_item(engine, slot) if slot is not None else None,
+        "running": items[0] if items else None,
+        "running_all": items,
         "state": msgspec.to_builtins(batch.state),
         "retry": msgspec.to_builtins(batch.retry),
     }
@@ -137,7 +140,7 @@ def report_of(
 
 
 def batch_item(engine: Reader, batch: Batch, global_mean: float | None) -> shapes.BatchItem:
-    s, r = batch.state, batch.retry
+    s, r, git = batch.state, batch.retry, batch.state.git
     left = s.total_features - len(batch.settled)
     mean = _mean_duration([batch]) if s.processing_history else None
     mean = mean if mean is not None else global_mean
@@ -166,6 +169,11 @@ def batch_item(engine: Reader, batch: Batch, global_mean: float | None) -> shape
         "source_type": s.source_type,
         "runner": s.runner,
         "limit_until": _limit_until(engine, batch),
+        "isolation": s.isolation,
+        "parallel": s.parallel,
+        "branch": git.branch if git is not None else None,
+        "worktree": git.worktree if git is not None and git.step != "removed" else None,
+        "base_forward": git.forward if git is not None else None,
     }
 
 
@@ -221,8 +229,9 @@ def running_items(engine: Reader) -> list[shapes.RunningItem]:
 def running_item(engine: Reader, slot: Slot) -> shapes.RunningItem:
     batch = slot.batch
     s = batch.state
-    attempt = batch.open_attempt()
+    attempt = batch.open_attempt(slot.index)
     run = slot.run
+    where = place(s, slot.index, batch.attempt_number(slot.index))
     return {
         "batch_id": batch.batch_id,
         "seq": s.seq,
@@ -236,4 +245,6 @@ def running_item(engine: Reader, slot: Slot) -> shapes.RunningItem:
         "job_id": attempt.job_id if attempt is not None else None,
         "job_state": run.describe() if run is not None else None,
         "log_path": str(slot.spec.log_path),
+        "worktree": where.worktree if where is not None else None,
+        "branch": where.branch if where is not None else None,
     }

@@ -44,3 +44,9 @@ def work_tree_refusal(cwd: str, where: str) -> str | None:
         f"{cwd} is not (no .git in it or above it): give the batch the directory of a git "
         "repository ('# batchd: cwd = /path/to/repo' or --cwd), or drop the isolation"
     )
+
+
+def refusal(where: str, isolation: str | None, cwd: str) -> str | None:
+    """Why the spool refuses a batch (``where``: its file): with ``isolation = worktree``,
+    an effective ``cwd`` outside a git work tree; None when it is accepted."""
+    return work_tree_refusal(cwd, where) if isolation == "worktree" else None

@@ -54,22 +54,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from batchd.model import GitStep
 from batchd.worktreeplan import Problem
 
 Role = Literal["batch", "feature"]
-Step = Literal[
-    "absent",  # nothing made
-    "creating",  # begun: branch and worktree being made
-    "ready",  # the worktree is there (features run in it)
-    "merging",  # begun: a feature's branch being merged into the batch branch
-    "merged",  # its commits are in the batch branch
-    "unmerged",  # the merge conflicted (aborted) or failed; the branch stays
-    "forwarding",  # begun: the base branch being fast-forwarded (merge_into_base)
-    "forwarded",  # that step is over (moved, or refused with its reason)
-    "removing",  # begun: the worktree being removed (the branch stays)
-    "removed",
-    "kept",  # not removed: it holds changes no commit holds (until prune)
-]
+Step = GitStep  # the steps, each with its meaning, are in ``model`` (they are recorded)
 Event = Literal[
     "create",
     "created",
@@ -102,6 +91,9 @@ TRANSITIONS: dict[tuple[Role, Step, Event], Step] = {
     **{("batch", s, "remove"): "removing" for s in ("ready", "forwarded", "kept", "creating")},
     **{(r, "removing", "removed"): "removed" for r in ("batch", "feature")},
     **{(r, "removing", "kept"): "kept" for r in ("batch", "feature")},
+    # Made again: a finished batch whose failed features ``batchctl retry`` runs again
+    # (its worktree removed, or kept and reused as it is).
+    **{("batch", s, "create"): "creating" for s in ("removed", "kept")},
 }
 
 # What a start of batchd does for a recorded step: repeat the begun step, check a made

@@ -48,9 +48,15 @@ def accepted(request: dict[str, Any]) -> None:
     parse_spool_file("r.json", json.dumps(request).encode(), limits)
 
 
+def in_git(d: Daemon) -> None:
+    """The workdir becomes a git work tree: --worktree asks for one."""
+    subprocess.run(["git", "init", "-q", str(d.workdir)], check=True)
+
+
 def test_add_writes_every_choice_into_the_request(d: Daemon) -> None:
     """add --runner --verify --worktree --parallel: runner, verify split as a shell would,
     isolation "worktree" and parallel true, in a request the daemon accepts."""
+    in_git(d)
     out = d.ctl(
         "add",
         "--runner",
@@ -87,6 +93,28 @@ def test_a_plain_add_writes_the_request_it_always_wrote(d: Daemon) -> None:
     assert set(req) == {"features", "source_type", "issue_numbers", "cwd", "name"}
 
 
+def test_a_worktree_batch_outside_a_git_work_tree_is_refused_before_anything_is_queued(
+    d: Daemon, tmp_path: Path
+) -> None:
+    """add --worktree (or a file's isolation directive) in a directory outside any git work
+    tree: exit 1, what and what to do, and nothing in the spool."""
+    out = d.ctl("add", "--worktree", "--cwd", str(d.workdir), "one")
+    assert out.returncode == 1
+    assert out.stderr.startswith(
+        f"batchctl: add: isolation = worktree needs the batch's cwd inside a git work tree, "
+        f"and {d.workdir} is not (no .git in it or above it): give the batch the directory "
+        "of a git repository"
+    ), out.stderr
+    todo = tmp_path / "todo.txt"
+    todo.write_text("# batchd: isolation = worktree\nfirst\n")
+    out = d.ctl("submit", str(todo), "--cwd", str(d.workdir))
+    assert out.returncode == 1 and "or drop the isolation" in out.stderr
+    assert spooled(d) == []
+    in_git(d)
+    assert d.ctl("add", "--worktree", "--cwd", str(d.workdir / ".."), "two").returncode == 1
+    assert d.ctl("add", "--worktree", "--cwd", str(d.workdir), "two").returncode == 0
+
+
 def test_submit_takes_a_files_directives_and_the_options_win(d: Daemon, tmp_path: Path) -> None:
     """submit FILE: the file's runner, verify and isolation directives go into the request;
     an option given on the command line wins over the directive; --parallel may rely on the
@@ -96,6 +124,7 @@ def test_submit_takes_a_files_directives_and_the_options_win(d: Daemon, tmp_path
         "# batchd: runner = fast\n# batchd: verify = pytest -q\n"
         "# batchd: isolation = worktree\nfirst\nsecond\n"
     )
+    in_git(d)
     assert d.ctl("submit", str(todo), cwd=d.workdir).returncode == 0
     out = d.ctl("submit", str(todo), "--runner", "codex", "--verify", "make check", "--parallel")
     assert out.returncode == 0, out

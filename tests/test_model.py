@@ -61,7 +61,7 @@ STATE_FIELDS = {
 }
 # What the model adds to the table: features never to run (batchctl skip), the runner
 # profile (SPEC 13), the batch's own check (SPEC 14), worktree isolation (SPEC 15).
-STATE_EXTRA_FIELDS = {"skipped_features", "runner", "verify", "isolation", "parallel"}
+STATE_EXTRA_FIELDS = {"skipped_features", "runner", "verify", "isolation", "parallel", "git"}
 FAILED_FEATURE_FIELDS = {"feature_index", "error_message", "timestamp", "retry_count"}
 # BATCHD_RUN_ID (to find the run again after a restart), the phase of an open attempt, and
 # the evidence of SPEC 14 (session, check, git) and 15 (a parallel feature's worktree).
