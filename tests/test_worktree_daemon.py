@@ -286,7 +286,11 @@ def test_a_batch_begun_on_a_detached_head(make_daemon: MakeDaemon, tmp_path: Pat
     git(repo.path, "checkout", "-q", "--detach")
     repo.before = snapshot(repo.path)
     out = tmp_path / "hook.out"
-    hook = ["sh", "-c", 'printf "%s\\n%s\\n%s\\n" "$BATCHD_REPO" "$BATCHD_BRANCH" "$PWD" > "$0"']
+    hook = [
+        "sh",
+        "-c",
+        'printf "%s\\n%s\\n%s\\n" "$BATCHD_REPO" "$BATCHD_BRANCH" "$PWD" > "$0.tmp" && mv "$0.tmp" "$0"',
+    ]
     extra = f"[worktree]\nmerge_into_base = true\n[hooks]\non_batch_done = {toml_list([*hook, str(out)])}\n"
     d = worktree_daemon(make_daemon, extra=extra)
     d.start()
@@ -410,7 +414,7 @@ def test_cancelling_a_parallel_batch_stops_every_feature_and_removes_its_worktre
     hook = [
         "sh",
         "-c",
-        'ls "$(dirname "$0")/d/state/worktrees" > "$0"; echo "$BATCHD_BRANCH" >> "$0"',
+        '{{ ls "$(dirname "$0")/d/state/worktrees"; echo "$BATCHD_BRANCH"; }} > "$0.tmp" && mv "$0.tmp" "$0"',
     ]
     d = worktree_daemon(
         make_daemon, slots=2, extra=f"[hooks]\non_batch_done = {toml_list([*hook, str(out)])}\n"
