@@ -231,7 +231,13 @@ def running_item(engine: Reader, slot: Slot) -> shapes.RunningItem:
     s = batch.state
     attempt = batch.open_attempt(slot.index)
     run = slot.run
-    where = place(s, slot.index, batch.attempt_number(slot.index))
+    if attempt is None and run is not None:
+        # Its run has ended and is judged: the check, the merge or the hooks still hold
+        # the slot. The attempt is the one that ran, not the next one.
+        mine = (a for a in reversed(s.processing_history) if a.feature_index == slot.index)
+        attempt = next(mine, None)
+    number = attempt.attempt if attempt is not None else batch.attempt_number(slot.index)
+    where = place(s, slot.index, number)
     return {
         "batch_id": batch.batch_id,
         "seq": s.seq,
@@ -239,7 +245,7 @@ def running_item(engine: Reader, slot: Slot) -> shapes.RunningItem:
         "feature_index": slot.index,
         "total_features": s.total_features,
         "feature": s.features[slot.index],
-        "attempt": batch.attempt_number(slot.index),
+        "attempt": number,
         "started_at": attempt.started_at if attempt is not None else None,
         "pid": attempt.pid if attempt is not None else None,
         "job_id": attempt.job_id if attempt is not None else None,

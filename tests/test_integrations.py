@@ -251,3 +251,32 @@ def test_cancel_replies_without_waiting_for_the_done_hook(
     assert done["BATCHD_STATUS"] == "cancelled" and done["BATCHD_BATCH_ID"] == bid
     go.touch()
     d.wait_for(lambda: (tmp_path / "held.end").exists(), what="the hook to end")
+
+
+def test_status_names_the_attempt_that_ran_while_its_after_feature_hook_holds_the_slot(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """While after_feature runs, status shows the attempt that ran (its number, start and
+    pid), not the next attempt "starting"."""
+    go = tmp_path / "go"
+    held = hook_script(
+        tmp_path,
+        "held",
+        "import time\nend = time.monotonic() + 600\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < end: time.sleep(0.01)\n",
+    )
+    d = make_daemon(config=f"[hooks]\ntimeout = 600\nafter_feature = {json.dumps(held)}\n")
+    d.start()
+    d.drop("c.txt", ["one"])
+    d.wait_for(lambda: records(tmp_path, "held"), what="the after_feature hook")
+    [run] = d.ok("status")["running"]
+    [attempt] = d.batch_states()[0]["processing_history"]
+    assert attempt["outcome"] == "completed"
+    assert (run["attempt"], run["started_at"], run["pid"]) == (
+        1,
+        attempt["started_at"],
+        attempt["pid"],
+    )
+    assert "starting" not in d.ctl("status").stdout
+    go.touch()
+    d.wait_for(lambda: d.batch_states()[0]["status"] == "completed", what="the batch")
