@@ -330,5 +330,6 @@ def kept_words(kept: Kept) -> str:
     files = f" ({', '.join(kept.files[:5])}{', ...' if len(kept.files) > 5 else ''})"
     return (
         f"worktree {kept.path} kept: {kept.why}{files if kept.files else ''}; "
-        "look at it, commit what you want, then 'batchctl prune' removes it"
+        "look at it and commit what you want; 'batchctl prune' removes it with the batch "
+        "(finished more than 30 days ago; --older-than 0: now)"
     )

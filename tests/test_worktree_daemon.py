@@ -8,7 +8,9 @@ commits with real git."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -439,4 +441,55 @@ def test_cancelling_a_parallel_batch_stops_every_feature_and_removes_its_worktre
     assert out.read_text().split() == [st["git"]["branch"]]  # no worktree was left by then
     assert repo.merges(st["git"]["branch"]) == Counter()
     assert repo.worktrees() == []
+    repo.untouched()
+
+
+def readme_pr_recipe() -> str:
+    """The ``on_batch_done`` recipe of the README's worktree section, as written there."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Several features at once in one repository", 1)[1]
+    start = section.index('on_batch_done = ["sh", "-c", """')
+    return section[start : section.index('"""]', start) + 4]
+
+
+def test_the_readme_recipe_pushes_the_batch_branch_and_opens_a_pull_request(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """The README's on_batch_done recipe, verbatim: the batch branch is pushed to origin
+    (a real bare repository) and `gh pr create` (a fake at the edge: it records its argv
+    and the body file) is run in the repository with --head batchd/<id> and the report."""
+    repo = Repo(tmp_path / "repo")
+    remote = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    repo.git("remote", "add", "origin", str(remote))
+    repo.before = snapshot(repo.path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gh = bin_dir / "gh"
+    calls = tmp_path / "gh.json"
+    gh.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "body = open(sys.argv[sys.argv.index('--body-file') + 1]).read()\n"
+        f"out = {{'argv': sys.argv[1:], 'cwd': os.getcwd(), 'body': body}}\n"
+        f"open({str(calls) + '.tmp'!r}, 'w').write(json.dumps(out))\n"
+        f"os.rename({str(calls) + '.tmp'!r}, {str(calls)!r})\n"
+    )
+    gh.chmod(0o755)
+    env = {**ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    d = make_daemon(config=f"[hooks]\n{readme_pr_recipe()}\n", env=env)
+    d.start()
+    submit(d, "pr.json", repo.path, ["commit=pr.txt"])
+    [st] = wait_settled(d)
+    branch = st["git"]["branch"]
+    d.wait_for(calls.exists, what="gh pr create")
+    call = json.loads(calls.read_text())
+    assert call["argv"][:4] == ["pr", "create", "--head", branch]
+    assert call["argv"][4:6] == ["--title", f"batchd: {st['batch_id']}"]
+    assert Path(call["cwd"]).resolve() == repo.path.resolve()
+    assert st["batch_id"] in call["body"] and "completed" in call["body"]
+    pushed = git(remote, "rev-parse", f"refs/heads/{branch}")
+    assert pushed == repo.git("rev-parse", branch)
+    # The push (the recipe's, not batchd's) made the remote-tracking ref: nothing else moved.
+    repo.git("update-ref", "-d", f"refs/remotes/origin/{branch}")
     repo.untouched()
