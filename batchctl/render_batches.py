@@ -47,6 +47,8 @@ def format_list(batches: list[shapes.BatchItem], width: int) -> str:
             f"{counts(b):>13} {money(b['cost_usd']):>8}  "
         )
         rows.append(head + cut(b["name"], width - len(head)))
+        if b["runner"] != "default":
+            rows.append(cut(f"{'':>{sw}} runner {printable(b['runner'])}", width))
         if b.get("branch"):
             rows.append(cut(f"{'':>{sw}} branch {b['branch']}", width))
     return "\n".join(rows)

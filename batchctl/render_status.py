@@ -157,6 +157,8 @@ def batch_table(batches: list[shapes.BatchItem], now: float, queue_paused: bool)
             f"{counts(b):>13} {money(b['cost_usd']):>8} "
             f"{'OPEN' if b['circuit_breaker_open'] else 'ok':<4} {eta(b, queue_paused)}"
         )
+        if b["runner"] != "default":
+            rows.append(f"    runner {printable(b['runner'])}")
         if b["status"] == "paused" and b["pause_reason"]:
             rows += wrap(b["pause_reason"], "    paused: ")
         if b["next_attempt_at"] and b["status"] not in FINISHED:

@@ -33,6 +33,9 @@ def test_a_batch_runs_on_the_profile_it_names(make_daemon: MakeDaemon) -> None:
     assert {b["runner"] for b in listed["batches"]} == {"alt", "default"}
     states = d.batch_states()
     assert [s["runner"] for s in states] == ["alt", "default"]
+    for words in (d.ctl("list").stdout, d.ctl("status").stdout):  # in words: only the named one
+        assert words.count("runner alt") == 1 and "runner default" not in words
+    assert "runner: alt" in d.ctl("show", states[0]["batch_id"]).stdout
 
 
 def test_an_unknown_profile_is_rejected_naming_the_profiles(make_daemon: MakeDaemon) -> None:
