@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,16 @@ from hypothesis import HealthCheck, settings
 
 from tests.harness import Daemon
 from tests.slurm_cluster import slurm_cluster as slurm_cluster
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell (``cmd &``, nohup)
+    inherits SIGINT ignored (POSIX), and so would every program it starts: the tests that
+    press Ctrl-C on batchctl would wait forever. Python's own handler is reset to the
+    default by exec, SIG_IGN is not."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # A busy machine makes generating examples slow; that says nothing about the code under test.
 settings.register_profile("batchd", deadline=None, suppress_health_check=[HealthCheck.too_slow])

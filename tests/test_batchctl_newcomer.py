@@ -276,9 +276,12 @@ def test_exit_codes_of_every_command(make_daemon: MakeDaemon, tmp_path: Path) ->
         stderr=subprocess.DEVNULL,
         text=True,
     ) as watch:
-        assert watch.stdout is not None and watch.stdout.readline().startswith("idle")
-        watch.send_signal(signal.SIGINT)
-        assert watch.wait(timeout=30) == 0
+        try:
+            assert watch.stdout is not None and watch.stdout.readline().startswith("idle")
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=30) == 0
+        finally:
+            watch.kill()  # a failure here must not leave the with block waiting forever
     seen.add("watch")
     assert seen == set(BY_NAME), set(BY_NAME) - seen
 
