@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 import anyio
 import msgspec
 
-from batchd import __version__, limitwait, queue, shapes, views, wording
+from batchd import __version__, limitwait, queue, reportshapes, shapes, views, wording
 from batchd.batch import Batch
 from batchd.errors import BadArgs, BadState, NotDurable, UnknownBatch
 from batchd.model import FINISHED, AuditEvent, parse_iso, utc_iso
@@ -299,7 +299,7 @@ async def limit(engine: Control, a: shapes.LimitArgs) -> shapes.Limits:
     return {"limit_waits": views.limit_waits(engine), "cleared": cleared}
 
 
-async def report(engine: Control, a: shapes.ReportArgs) -> shapes.Report:
+async def report(engine: Control, a: reportshapes.ReportArgs) -> reportshapes.Report:
     """The morning report (SPEC 14): the named batches (ids, seqs or 'last'), else every
     batch active or finished in the last ``since_s`` seconds (default 24 h)."""
     refs = a.get("batch_ids") or []

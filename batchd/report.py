@@ -2,7 +2,7 @@
 
 ``build`` takes the batches (their ``BatchState`` and ``RetryState``: ``batch.Batch``
 objects or ``Records`` pairs), the queue's ``DaemonState``, a function giving the
-log path of an attempt, and ``now``; it returns a ``shapes.Report``: what needs a
+log path of an attempt, and ``now``; it returns a ``reportshapes.Report``: what needs a
 person first (failed features, pauses with the command that lifts them, usage-limit
 waits, open breakers), then every feature of every batch, then totals.
 ``reportrender`` turns that value into text, Markdown or JSON.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import NamedTuple, Protocol, TypeVar
 
-from batchd import shapes
+from batchd import reportshapes
 from batchd.model import (
     FINISHED,
     Attempt,
@@ -91,7 +91,7 @@ def build(
     now: float,
     batch_ids: Collection[str] | None = None,
     since_s: float = DEFAULT_SINCE_S,
-) -> shapes.Report:
+) -> reportshapes.Report:
     """The report of the selected batches (``select``) as of ``now``."""
     chosen = select(batches, now, batch_ids=batch_ids, since_s=since_s)
     views = [_batch(b, log_path, now) for b in chosen]
@@ -127,7 +127,7 @@ class _Sum:
     insertions: int = 0
     deletions: int = 0
 
-    def add(self, f: shapes.ReportFeature) -> None:
+    def add(self, f: reportshapes.ReportFeature) -> None:
         self.tally[_category(f["outcome"])] += 1
         self.agent_s += f["duration_s"] or 0.0
         self.cost_units += _units(f["cost_usd"])
@@ -142,7 +142,7 @@ class _Sum:
             self.start = start if self.start is None else min(self.start, start)
             self.end = end if self.end is None else max(self.end, end)
 
-    def counts(self) -> shapes.ReportCounts:
+    def counts(self) -> reportshapes.ReportCounts:
         wall = None if self.start is None or self.end is None else self.end - self.start
         t = self.tally
         return {
@@ -177,7 +177,7 @@ def _units(cost: float | None) -> int:
 
 @dataclass(frozen=True)
 class _BatchView:
-    item: shapes.ReportBatch
+    item: reportshapes.ReportBatch
     retry: RetryState
     sums: _Sum
 
@@ -202,7 +202,7 @@ def _batch(b: BatchRecords, log_path: LogPath, now: float) -> _BatchView:
     if s.processing_history:
         end = parse_iso(s.updated_at) if s.status in FINISHED else now
         acc.span(parse_iso(s.processing_history[0].started_at), end)
-    item: shapes.ReportBatch = {
+    item: reportshapes.ReportBatch = {
         "batch_id": s.batch_id,
         "seq": s.seq,
         "name": s.name,
@@ -253,7 +253,7 @@ def _feature(
     settled: _Settled,
     log_path: LogPath,
     now: float,
-) -> shapes.ReportFeature:
+) -> reportshapes.ReportFeature:
     last = attempts[-1] if attempts else None
     check, check_exit = _check(last)
     git = [a.git for a in attempts if a.git is not None]
@@ -344,8 +344,8 @@ def _sum_or_none(values: Iterable[int | None]) -> int | None:
 # --- what needs a person ----------------------------------------------------------------
 
 
-def _attention(views: Sequence[_BatchView], queue: DaemonState) -> shapes.ReportAttention:
-    paused: list[shapes.ReportPause] = []
+def _attention(views: Sequence[_BatchView], queue: DaemonState) -> reportshapes.ReportAttention:
+    paused: list[reportshapes.ReportPause] = []
     if queue.queue_paused:
         reason = queue.pause_reason or "user"
         paused.append(
@@ -358,8 +358,8 @@ def _attention(views: Sequence[_BatchView], queue: DaemonState) -> shapes.Report
                 "command": "batchctl resume --all",
             }
         )
-    failed: list[shapes.ReportFailure] = []
-    breakers: list[shapes.ReportBreaker] = []
+    failed: list[reportshapes.ReportFailure] = []
+    breakers: list[reportshapes.ReportBreaker] = []
     for v in views:
         b = v.item
         failed += [_failure(b, f) for f in b["features"] if f["outcome"] == "failed"]
@@ -376,7 +376,7 @@ def _attention(views: Sequence[_BatchView], queue: DaemonState) -> shapes.Report
                     "command": f"batchctl reset-breaker {b['batch_id']}",
                 }
             )
-    waits: list[shapes.ReportLimitWait] = [
+    waits: list[reportshapes.ReportLimitWait] = [
         {
             "runner": runner,
             "until": w.until,
@@ -389,7 +389,9 @@ def _attention(views: Sequence[_BatchView], queue: DaemonState) -> shapes.Report
     return {"failed": failed, "paused": paused, "limit_waits": waits, "breakers": breakers}
 
 
-def _failure(b: shapes.ReportBatch, f: shapes.ReportFeature) -> shapes.ReportFailure:
+def _failure(
+    b: reportshapes.ReportBatch, f: reportshapes.ReportFeature
+) -> reportshapes.ReportFailure:
     return {
         "batch_id": b["batch_id"],
         "seq": b["seq"],
@@ -403,7 +405,7 @@ def _failure(b: shapes.ReportBatch, f: shapes.ReportFeature) -> shapes.ReportFai
     }
 
 
-def _pause(b: shapes.ReportBatch) -> shapes.ReportPause:
+def _pause(b: reportshapes.ReportBatch) -> reportshapes.ReportPause:
     reason = b["pause_reason"] or "user"
     batch_id = b["batch_id"]
     verb = "reset-breaker" if _code(reason) == "breaker" else "resume"

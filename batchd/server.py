@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from batchd import commands, shapes
+from batchd import commands, reportshapes, shapes
 from batchd.commands import Control
 from batchd.errors import BadArgs, BadState, NotDurable, Refused, UnknownBatch
 from batchd.protocol import (
@@ -83,7 +83,7 @@ def error_code(e: Refused) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    args: type  # a TypedDict of batchd.shapes
+    args: type  # a TypedDict of batchd.shapes (or reportshapes)
     handler: Handler | None = None
     stream: Stream | None = None
     then: Callable[[Control], None] | None = None  # after the reply is out (restart)
@@ -106,7 +106,7 @@ COMMAND_TABLE: dict[str, Command] = {
     "prune": Command(shapes.PruneArgs, commands.prune),
     "reload": Command(shapes.NoArgs, commands.reload),
     "limit": Command(shapes.LimitArgs, commands.limit),
-    "report": Command(shapes.ReportArgs, commands.report),
+    "report": Command(reportshapes.ReportArgs, commands.report),
     "restart": Command(shapes.NoArgs, commands.restart, then=methodcaller("restart")),
 }
 assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"
