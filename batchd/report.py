@@ -4,8 +4,9 @@
 objects or ``Records`` pairs), the queue's ``DaemonState``, a function giving the
 log path of an attempt, and ``now``; it returns a ``reportshapes.Report``: what needs a
 person first (failed features, pauses with the command that lifts them, usage-limit
-waits, open breakers), then every feature of every batch, then totals.
-``reportrender`` turns that value into text, Markdown or JSON.
+waits, open breakers: ``attention`` decides those), then every feature of every batch,
+then totals. ``reportrender`` turns that value into text or JSON, ``reportmd`` into
+Markdown.
 
 Figures an attempt never recorded (an entry of an older version) stay None and
 are shown as "–". Costs are rounded per feature to ``COST_DIGITS`` decimals and
@@ -25,6 +26,7 @@ from os import PathLike
 from typing import NamedTuple, Protocol, TypeVar
 
 from batchd import reportshapes
+from batchd.attention import needs_attention
 from batchd.model import (
     FINISHED,
     Attempt,
@@ -103,7 +105,7 @@ def build(
     return {
         "generated_at": utc_iso(now),
         "since": None if batch_ids else utc_iso(now - since_s),
-        "needs_attention": _attention(views, queue),
+        "needs_attention": needs_attention([(v.item, v.retry) for v in views], queue),
         "batches": [v.item for v in views],
         "totals": total.counts(),
     }
@@ -339,110 +341,3 @@ def _cost(attempts: Sequence[Attempt]) -> float | None:
 def _sum_or_none(values: Iterable[int | None]) -> int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
-
-
-# --- what needs a person ----------------------------------------------------------------
-
-
-def _attention(views: Sequence[_BatchView], queue: DaemonState) -> reportshapes.ReportAttention:
-    paused: list[reportshapes.ReportPause] = []
-    if queue.queue_paused:
-        reason = queue.pause_reason or "user"
-        paused.append(
-            {
-                "batch_id": None,
-                "seq": None,
-                "name": None,
-                "reason": reason,
-                "hint": _hint(reason),
-                "command": "batchctl resume --all",
-            }
-        )
-    failed: list[reportshapes.ReportFailure] = []
-    breakers: list[reportshapes.ReportBreaker] = []
-    for v in views:
-        b = v.item
-        failed += [_failure(b, f) for f in b["features"] if f["outcome"] == "failed"]
-        if b["status"] == "paused":
-            paused.append(_pause(b))
-        elif v.retry.circuit_breaker_open and b["status"] not in FINISHED:
-            breakers.append(
-                {
-                    "batch_id": b["batch_id"],
-                    "seq": b["seq"],
-                    "name": b["name"],
-                    "consecutive_failures": v.retry.consecutive_failures,
-                    "opened_at": v.retry.breaker_opened_at,
-                    "command": f"batchctl reset-breaker {b['batch_id']}",
-                }
-            )
-    waits: list[reportshapes.ReportLimitWait] = [
-        {
-            "runner": runner,
-            "until": w.until,
-            "since": w.since,
-            "message": w.message,
-            "command": f"batchctl limit --clear {runner}",
-        }
-        for runner, w in sorted(queue.limit_waits.items())
-    ]
-    return {"failed": failed, "paused": paused, "limit_waits": waits, "breakers": breakers}
-
-
-def _failure(
-    b: reportshapes.ReportBatch, f: reportshapes.ReportFeature
-) -> reportshapes.ReportFailure:
-    return {
-        "batch_id": b["batch_id"],
-        "seq": b["seq"],
-        "name": b["name"],
-        "index": f["index"],
-        "feature": f["feature"],
-        "reason": f["error"] or "failed",
-        "attempts": f["attempts"],
-        "log_path": f["log_path"],
-        "session_id": f["session_id"],
-    }
-
-
-def _pause(b: reportshapes.ReportBatch) -> reportshapes.ReportPause:
-    reason = b["pause_reason"] or "user"
-    batch_id = b["batch_id"]
-    verb = "reset-breaker" if _code(reason) == "breaker" else "resume"
-    return {
-        "batch_id": batch_id,
-        "seq": b["seq"],
-        "name": b["name"],
-        "reason": reason,
-        "hint": _hint(reason),
-        "command": f"batchctl {verb} {batch_id}",
-    }
-
-
-def _code(reason: str) -> str:
-    """The reason code of a pause reason (``cwd_unavailable: working directory ...``)."""
-    return reason.split(":", 1)[0].strip()
-
-
-_HINTS = {
-    "user": "paused by you",
-    "breaker": (
-        "the circuit breaker opened after failures in a row: look at the failures first; "
-        "resetting it resumes the batch"
-    ),
-    "cost_limit": (
-        "its cost reached limits.max_cost_usd: raise the limit in the config and run "
-        "'batchctl reload' first, or it pauses again at once"
-    ),
-    "agent_login": (
-        "the agent is not logged in: log in as the user the daemon runs as "
-        "(or put the API key in the unit's EnvironmentFile)"
-    ),
-    "usage_limit": "the agent's usage limit resets later than limits.max_limit_wait",
-    "runner_unavailable": "its runner profile is not in the config: add it back and reload",
-}
-
-
-def _hint(reason: str) -> str:
-    """What to do before the command; empty when the reason says it itself."""
-    return _HINTS.get(_code(reason), "")
