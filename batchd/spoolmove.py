@@ -20,7 +20,7 @@ from pathlib import Path
 from batchd import failpoints
 from batchd.classify import sanitize
 from batchd.spoolfs import free_name, sync_entry
-from batchd.spoolrules import cannot_move
+from batchd.spoolrules import Role, cannot_move
 from batchd.store import StoreError, fsync_dir, write_durable
 
 log = logging.getLogger("batchd.spool")
@@ -34,16 +34,11 @@ def claim(spool_dir: Path, claimed: Path, name: str, st: os.stat_result) -> tupl
     if os.path.lexists(target):
         return False, None  # an earlier claim of that name still waits for its batch
     failpoints.hit("before_claim")
-    try:
-        sync_entry(spool_dir / name, st)
-        os.rename(spool_dir / name, target)
-    except FileNotFoundError:
-        log.info("spool: %s was taken by someone else before it was claimed", sanitize(name))
-        return False, None
-    except OSError as e:
-        what = sanitize(name, 200)
-        why = e.strerror or str(e)
-        return False, cannot_move("claimed", what, str(spool_dir), str(claimed), why)
+    moved, trouble = _rename("claimed", spool_dir, name, claimed, name, sync=st)
+    if not moved:
+        if trouble is None:
+            log.info("spool: %s was taken by someone else before it was claimed", sanitize(name))
+        return False, trouble
     try:
         fsync_dir(spool_dir)
         fsync_dir(claimed)
@@ -59,18 +54,30 @@ def reject(source: Path, rejected: Path, name: str, reason: str) -> tuple[bool, 
     folder, if any (a sidecar that cannot be written is logged, the move stands)."""
     reason = sanitize(reason)  # a file name or line may carry escapes or newlines
     dest = free_name(rejected, name)
-    try:
-        os.rename(source / name, rejected / dest)
-    except FileNotFoundError:
-        return False, None
-    except OSError as e:
-        what = sanitize(name, 200)
-        why = e.strerror or str(e)
-        return False, cannot_move("rejected", what, str(source), str(rejected), why)
+    moved, trouble = _rename("rejected", source, name, rejected, dest)
+    if not moved:
+        return False, trouble
     try:
         write_durable(rejected, f"{dest}.error", (reason + "\n").encode())
         fsync_dir(source)
     except (OSError, StoreError) as e:
         log.error("spool: cannot write %s.error: %s", sanitize(dest), e)
     log.warning("spool: rejected %s (moved to %s/)", reason, rejected)
+    return True, None
+
+
+def _rename(
+    role: Role, source: Path, name: str, folder: Path, dest: str, sync: os.stat_result | None = None
+) -> tuple[bool, str | None]:
+    """Rename ``source/name`` to ``folder/dest`` (the entry synced first with ``sync``):
+    whether it moved (False and no trouble: it is gone) and the trouble of ``folder``."""
+    try:
+        if sync is not None:
+            sync_entry(source / name, sync)
+        os.rename(source / name, folder / dest)
+    except FileNotFoundError:
+        return False, None
+    except OSError as e:
+        why = e.strerror or str(e)
+        return False, cannot_move(role, sanitize(name, 200), str(source), str(folder), why)
     return True, None
