@@ -27,7 +27,8 @@ import anyio
 
 from batchd import attempts, checking, failpoints, queue, waiting, wording, worktreelife
 from batchd.attempts import Evidence
-from batchd.batch import UNCHARGED, Batch
+from batchd.batch import Batch
+from batchd.batchquery import UNCHARGED
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
 from batchd.clock import Clock
 from batchd.engines import Run, RunnerEngine, RunRef, SpawnError
