@@ -3,8 +3,9 @@
 Checks the command line (``--since`` is a duration such as ``12h``, ``2d``,
 ``90m`` or ``3600`` seconds; batch references are checked as everywhere),
 sends one ``report`` request through ``transport`` and prints the reply with
-``batchd.reportrender``, which imports nothing of batchd at run time. Loaded by
-``cli`` only when ``report`` runs; standard library only.
+``batchd.reportrender`` (text) or ``batchd.reportmd`` (Markdown), which import
+nothing of the daemon. Loaded by ``cli`` only when ``report`` runs; standard
+library only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from datetime import tzinfo
     from typing import Any
 
-    from batchd import shapes
+    from batchd import reportshapes
 
 FORMATS = ("text", "markdown", "json")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -61,17 +62,19 @@ def report(args: Namespace) -> int:
         req["batch_ids"] = [batch_ref(ref) for ref in args.batch_ids]
     if args.since is not None:
         req["since_s"] = parse_duration(args.since)
-    r: shapes.Report = call(socket_path(args), "report", req)
+    r: reportshapes.Report = call(socket_path(args), "report", req)
     fmt = "json" if args.json else args.format
     if fmt == "json":
         emit_json(r)
         return EXIT_OK
-    from batchd import reportrender
-
     tz = local_zone()
     if fmt == "markdown":
-        sys.stdout.write(reportrender.render_markdown(r, tz=tz))
+        from batchd import reportmd
+
+        sys.stdout.write(reportmd.render_markdown(r, tz=tz))
     else:
+        from batchd import reportrender
+
         sys.stdout.write(reportrender.render_text(r, width=width(), tz=tz))
     return EXIT_OK
 

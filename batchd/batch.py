@@ -1,8 +1,9 @@
 """One batch as a small state machine: every transition of SPEC sections 5-8. Pure.
 
-``Batch`` wraps the two on-disk records of a batch (``BatchState`` and
-``RetryState``) plus derived indexes, and changes them in place through the
-methods below. It never touches the disk, a clock or a process: the engine
+``Batch`` changes the two on-disk records of a batch (``BatchState`` and
+``RetryState``) in place through the methods below; what the records say (the
+open attempt, attempt numbers, whether a feature may start) is read by its base,
+``batchquery.BatchQueries``. It never touches the disk, a clock or a process: the engine
 passes ``now`` and carries out what the methods return. "What happens when a
 feature fails" is ``Batch.record`` and, under it, ``policy.after_failure``.
 
@@ -13,23 +14,22 @@ Every change of ``status`` goes through ``transitions.move`` and its one table
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import msgspec
 
-from batchd import attempts, policy, startable
+from batchd import attempts, policy
 from batchd.attempts import Evidence
+from batchd.batchquery import UNCHARGED, BatchQueries
 from batchd.classify import Verdict
 from batchd.errors import BadArgs, BadState
 from batchd.model import (
-    FINISHED,
     Attempt,
     AuditEvent,
     BatchState,
     FailedFeature,
     GitEvidence,
     RetryState,
-    parse_iso,
     utc_iso,
 )
 from batchd.parse import ParsedBatch
@@ -53,10 +53,6 @@ __all__ = [
     "new_batch",
     "settings_from",
 ]
-
-# Outcomes that are nobody's failure: the feature keeps its place and its attempt number
-# (the same log goes on), no retry is charged, the breaker is untouched.
-UNCHARGED = frozenset({"interrupted", "limited"})
 
 
 def new_batch(
@@ -91,91 +87,8 @@ def new_batch(
     return Batch(state, retry)
 
 
-class Batch:
-    def __init__(self, state: BatchState, retry: RetryState) -> None:
-        self.state = state
-        self.retry = retry
-        self.settled: set[int] = set(state.completed_features)
-        self.settled.update(f.feature_index for f in state.failed_features)
-        self.settled.update(state.skipped_features)
-        # index -> (last attempt number, its outcome)
-        self.last_attempt: dict[int, tuple[int, str | None]] = {}
-        for a in state.processing_history:
-            self.last_attempt[a.feature_index] = (a.attempt, a.outcome)
-
-    # --- queries ---------------------------------------------------------
-
-    @property
-    def batch_id(self) -> str:
-        return self.state.batch_id
-
-    @property
-    def finished(self) -> bool:
-        return self.state.status in FINISHED
-
-    def open_attempt(self, index: int | None = None) -> Attempt | None:
-        """The attempt without an outcome yet (running, or cut off by a crash): the last one
-        of the batch, or with ``index`` the last one of that feature (a parallel batch has
-        one per running feature)."""
-        hist = self.state.processing_history
-        if index is None:
-            return hist[-1] if hist and hist[-1].outcome is None else None
-        for a in reversed(hist):
-            if a.feature_index == index:
-                return a if a.outcome is None else None
-        return None
-
-    def open_attempts(self) -> list[Attempt]:
-        """Every attempt without an outcome, oldest first (one at most, unless parallel)."""
-        if not self.state.parallel:
-            last = self.open_attempt()
-            return [last] if last is not None else []
-        latest = {a.feature_index: a for a in self.state.processing_history}
-        return sorted((a for a in latest.values() if a.outcome is None), key=lambda a: a.started_at)
-
-    def runnable(self, now: float, cooldown: float) -> bool:
-        """May this batch start a feature now (retry waits aside)?"""
-        return startable.runnable(self.state, self.retry, now, cooldown)
-
-    def may_start(self, index: int, now: float, cooldown: float) -> bool:
-        """May feature ``index`` (its slot taken) start now: the batch runnable and the
-        feature still the next (sequential) or still unsettled (parallel)?"""
-        if self.state.parallel:
-            return index not in self.settled and self.runnable(now, cooldown)
-        return self.state.current_index == index and self.runnable(now, cooldown)
-
-    def wait_until(self) -> float | None:
-        """When a pending retry may start (epoch seconds), or None."""
-        at = self.retry.next_attempt_at
-        return parse_iso(at) if at else None
-
-    def attempt_number(self, index: int) -> int:
-        """Retries so far + 1; a rerun after an interruption keeps its number."""
-        last = self.last_attempt.get(index)
-        if last is None:
-            return 1
-        number, outcome = last
-        return number if outcome is None or outcome in UNCHARGED else number + 1
-
-    def feature_states(self, running: Collection[int] = ()) -> list[str]:
-        """Per feature: completed, failed, skipped, running, cancelled (never to run) or pending."""
-        s = self.state
-        done = set(s.completed_features)
-        failed = {f.feature_index for f in s.failed_features}
-        skipped = set(s.skipped_features)
-        out = []
-        for i in range(s.total_features):
-            if i in done:
-                out.append("completed")
-            elif i in failed:
-                out.append("failed")
-            elif i in skipped:
-                out.append("skipped")
-            elif i in running:
-                out.append("running")
-            else:
-                out.append("cancelled" if s.status == "cancelled" else "pending")
-        return out
+class Batch(BatchQueries):
+    """A batch and every change of it: what a command or an outcome does to its records."""
 
     # --- status changes: the table -------------------------------------
 
@@ -361,10 +274,6 @@ class Batch:
             paused=paused,
             reason=decision.reason,
         )
-
-    def over_cost_cap(self, settings: Settings) -> bool:
-        cap = settings.max_cost_usd
-        return cap > 0 and self.state.cost_usd >= cap
 
     def enforce_cost_cap(self, settings: Settings, now: float) -> bool:
         """Pause the batch (``cost_limit``) when its cost reached the cap; True if it did."""

@@ -10,10 +10,11 @@
 
 The classified text is the Claude result's text, else codex's failure (its
 ``turn.failed`` or last ``error`` event), else the stderr tail: never the
-transcript on stdout. What the agents print is read by ``agents``; the reset
-times by ``resets``; the limit and login texts are ``limits``'s; making text
-safe to repeat is ``sanitize``'s (re-exported here). No IO, no clocks: ``now``
-and the local zone are passed in.
+transcript on stdout. The built-in patterns and tables are ``knownfailures``'s;
+what the agents print is read by ``agents``; the reset times by ``resets``; the
+limit and login texts are ``limits``'s; making text safe to repeat is
+``sanitize``'s (re-exported here). No IO, no clocks: ``now`` and the local zone
+are passed in.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from batchd import limits
 from batchd.agents import ClaudeResult, CodexFacts, codex_facts, denial_message, parse_claude_result
+from batchd.knownfailures import (
+    CLAUDE_CAPS,
+    CLUSTER_END_STATES,
+    NETWORK_TRANSIENT,
+    SEED_PERMANENT,
+    SEED_TRANSIENT,
+    TRANSIENT_API_STATUS,
+)
 from batchd.model import FailureType, Outcome
 from batchd.resets import reset_at
 from batchd.sanitize import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
@@ -38,82 +47,8 @@ from batchd.sanitize import sanitize as sanitize
 if TYPE_CHECKING:
     from batchd.config import Config, RunnerConfig
 
-SEED_TRANSIENT = (
-    r"connectionerror",
-    r"timeouterror",
-    r"ratelimiterror",
-    r"networkerror",
-    r"httperror.*50[234]",
-    r"httperror.*429",
-    r"temporaryfailure",
-    r"service.*unavailable",
-    r"bad.*gateway",
-    r"gateway.*timeout",
-    r"too.*many.*requests",
-    r"connection.*refused",
-    r"connection.*reset",
-    r"operation.*timed.*out",
-    r"timed.*out",
-    r"network.*unreachable",
-    r"overloaded",
-    r"rate[ _-]?limit",
-)
-# What the agents print for a network outage (SPEC 6; tests/data/agents has real texts).
-# The error codes as words: "modulenotfounderror" is not "enotfound".
-NETWORK_TRANSIENT = (
-    r"can(?:'|\u2019)?t reach the api",
-    r"\benotfound\b",
-    r"\beai_again\b",
-    r"\beconnreset\b",
-    r"\beconnrefused\b",
-    r"\betimedout\b",
-    r"stream disconnected",
-    r"failed to lookup address",
-    r"error sending request",
-    r"api error: 5\d\d",
-    r"internal server error",
-)
-SEED_PERMANENT = (
-    r"syntaxerror",
-    r"importerror",
-    r"typeerror",
-    r"nameerror",
-    r"attributeerror",
-    r"valueerror",
-    r"indentationerror",
-    r"keyerror",
-    r"indexerror",
-    r"assertionerror",
-    r"modulenotfounderror",
-    r"filenotfounderror",
-    r"permissionerror",
-    r"zerodivisionerror",
-    r"notimplementederror",
-    r"recursionerror",
-)
-# Claude results that no retry can help: the flag of runner.command to raise (SPEC 13).
-CLAUDE_CAPS = {
-    "error_max_turns": "the agent reached its turn limit; raise --max-turns in runner.command",
-    "error_max_budget_usd": (
-        "the agent reached its budget; raise --max-budget-usd in runner.command"
-    ),
-}
-TRANSIENT_API_STATUS = frozenset({429, 500, 502, 503, 529})
-
 OutputFormat = Literal["auto", "text", "claude-json", "codex-jsonl"]
 Trouble = Literal["agent_login"]
-
-# SPEC section 12: the end states of a cluster job that decide the outcome whatever the
-# exit status says. A CANCELLED that batchd asked for never gets here: that run is
-# ``interrupted`` or ``timed_out`` already.
-CLUSTER_END_STATES: dict[str, tuple[Outcome, FailureType, str]] = {
-    "TIMEOUT": ("timed_out", "transient", "the cluster's time limit ended the job (TIMEOUT)"),
-    "NODE_FAIL": ("failed", "transient", "the job's node failed (NODE_FAIL)"),
-    "PREEMPTED": ("failed", "transient", "the job was preempted (PREEMPTED)"),
-    "BOOT_FAIL": ("failed", "transient", "the job's node failed to boot (BOOT_FAIL)"),
-    "CANCELLED": ("failed", "transient", "the job was cancelled outside batchd (CANCELLED)"),
-    "OUT_OF_MEMORY": ("failed", "permanent", "the job ran out of memory (OUT_OF_MEMORY)"),
-}
 _SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 

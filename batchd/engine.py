@@ -3,10 +3,12 @@
 The engine owns the daemon's in-memory truth (``Live``: every ``Batch``, the
 queue, the problems, the running features) and the services around it (the
 store and its journal, the runner engine, hooks, the clock, the rules of the
-current configuration). It decides nothing by itself: ``schedule.plan`` says
-which batches start a feature, ``Batch`` says what an outcome or a command
-does to a batch, ``policy`` says whether to retry, ``classify`` what an
-outcome means, ``queue`` what trouble pauses.
+current configuration). It decides nothing by itself: ``startplan`` (over
+``schedule.plan``) says which batches start a feature, ``Batch`` says what an
+outcome or a command does to a batch, ``policy`` says whether to retry,
+``classify`` what an outcome means, ``queue`` what trouble pauses. Where a
+feature runs and what it is launched with is ``placement``'s; what each hook
+is given is ``hookcalls``'.
 
 The parts it drives never import it: each declares what it needs as a
 protocol (``feature.Host``, ``commands.Control``, ``views.Reader``,
@@ -25,7 +27,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -33,18 +34,14 @@ import anyio
 import anyio.abc
 
 from batchd import (
-    checking,
     feature,
-    launch,
+    hookcalls,
     limitwait,
     queue,
     reportfile,
-    schedule,
-    startable,
     waiting,
     wording,
     worktreeend,
-    worktreerecord,
 )
 from batchd.batch import Batch
 from batchd.checkconfig import daemon_user, start_warnings
@@ -57,11 +54,12 @@ from batchd.hooks import Hooks
 from batchd.journal import Journal
 from batchd.live import Live, Slot
 from batchd.model import AuditEvent, LimitWait
+from batchd.placement import Placement
 from batchd.policy import consent
 from batchd.rules import Rules, missing_profile
+from batchd.startplan import plan_now
 from batchd.store import Store
 from batchd.transitions import Settings
-from batchd.worktree import prepare_root
 
 log = logging.getLogger("batchd")
 
@@ -111,7 +109,6 @@ class Engine:
         self.leaving = False  # the stop leaves the runs running (restart, on_stop = "leave")
         self.restart_requested = False
         self._done_hooks: list[Batch] = []
-        self._cwd_keys: dict[str, str] = {}
         self._dotenv = DotenvConsent()
         self._last_status_line = ""
         self.apply_config(cfg)
@@ -137,12 +134,9 @@ class Engine:
     def apply_config(self, cfg: Config) -> None:
         """Use ``cfg`` from now on (start, or a good reload)."""
         self._rules = Rules.make(cfg, self.env, self._user)
-        self._cwd_keys.clear()
-        wt = cfg.worktree.dir
-        self._worktree_dir = (
-            os.path.expanduser(wt) if wt else str(cfg.paths.state_dir / "worktrees")
+        self.place = Placement(
+            self._rules, self.store, state_key=self.state_key, runs_checks=self.runner.runs_checks
         )
-        self._worktree_real = os.path.realpath(self._worktree_dir)
         self.check_batches()
         self.check_runners()
 
@@ -180,22 +174,10 @@ class Engine:
         return self._rules.effective_cwd(batch)
 
     def cwd_key(self, batch: Batch, index: int | None = None) -> str:
-        """Where the batch's feature (``index``, else its next) runs, after realpath: two
-        features with one key never run together. A worktree batch's is its worktree (a
-        parallel batch's feature its own), so batches on one repository run side by side."""
-        s = batch.state
-        if s.isolation == "worktree":
-            number = batch.attempt_number(index) if index is not None else 1
-            return worktreerecord.planned_dir(s, self._worktree_real, index, number)
-        key = self._cwd_keys.get(batch.batch_id)
-        if key is None:
-            key = self._cwd_keys[batch.batch_id] = os.path.realpath(self.effective_cwd(batch))
-        return key
+        return self.place.cwd_key(batch, index)
 
     def worktree_root(self) -> str:
-        """``worktree.dir`` (default ``state_dir/worktrees``), made when missing; its real
-        path. ``Problem`` when it is not a directory."""
-        return prepare_root(self._worktree_dir)
+        return self.place.worktree_root()
 
     # --- consent -----------------------------------------------------------------------
 
@@ -245,7 +227,7 @@ class Engine:
         self.live.batches.pop(batch_id, None)
         self.live.git_locks.pop(batch_id, None)
         self.journal.forget(batch_id)
-        self._cwd_keys.pop(batch_id, None)
+        self.place.forget(batch_id)
 
     @property
     def write_failure(self) -> str | None:
@@ -280,7 +262,14 @@ class Engine:
                     continue
                 while self._done_hooks:
                     tg.start_soon(self.batch_hook, "on_batch_done", self._done_hooks.pop(0))
-                plan, candidates = self._plan()
+                plan, candidates = plan_now(
+                    live,
+                    now=self.clock.now(),
+                    slots=self.cfg.queue.slots,
+                    cooldown=self.settings.policy.breaker_cooldown,
+                    cwd_key=self.cwd_key,
+                    writes_failing=self.journal.failure is not None,
+                )
                 for key in plan.start:
                     c = candidates[key]
                     slot = self._take_slot(live.batches[c.batch_id], c.index)
@@ -301,36 +290,6 @@ class Engine:
             return
         for slot in self.live.running.values():
             slot.stop("daemon stopping")
-
-    def _plan(self) -> tuple[schedule.Plan, dict[str, schedule.Candidate]]:
-        """What starts now, and the candidates by their slot key."""
-        live = self.live
-        now = self.clock.now()
-        cooldown = self.settings.policy.breaker_cooldown
-        waits = live.queue.limit_waits
-        slots = self.cfg.queue.slots
-        candidates: dict[str, schedule.Candidate] = {}
-        for batch in live.batches.values():
-            if batch.finished:
-                continue
-            until = limitwait.blocked_until(waits, batch.state.runner, now)
-            busy = [s.index for s in live.slots_of(batch.batch_id)] if batch.state.parallel else ()
-            cwd_of = partial(self.cwd_key, batch)
-            state, retry, settled = batch.state, batch.retry, batch.settled
-            for c in startable.candidates(
-                state, retry, settled, cooldown, cwd_of, until, busy=busy, limit=slots
-            ):
-                candidates[c.key] = c
-        plan = schedule.plan(
-            candidates.values(),
-            slots=slots,
-            running={key: slot.cwd for key, slot in live.running.items()},
-            paused=live.queue.queue_paused or self.journal.failure is not None,
-            now=now,
-            probing=limitwait.probing(waits, now),
-            running_profiles=[slot.batch.state.runner for slot in live.running.values()],
-        )
-        return plan, candidates
 
     async def _retry_writes(self) -> None:
         if self.journal.flush(self.live.batches):
@@ -377,25 +336,11 @@ class Engine:
         return slot
 
     def launch_spec(self, batch: Batch, index: int, run_id: str | None = None) -> LaunchSpec:
-        """What to run for feature ``index`` now (``run_id``: the recorded one, after a restart),
-        with the batch's runner profile (``[runner]`` when the profile is gone: a reload that
-        removed it paused the batch, so this is only a run found again after a restart)."""
-        number = batch.attempt_number(index)
-        where = worktreerecord.place(batch.state, index, number)  # a worktree batch's
-        spec = launch.spec(
-            self._rules.runner(batch) or self.cfg.runner,
-            self._rules.base_env,
-            batch,
-            index,
-            cwd=where.cwd if where is not None else self.effective_cwd(batch),
-            log_path=self.log_path(batch, index, number),
-            run_id=run_id or launch.new_run_id(self.run_id_prefix, batch, index, number),
-        )
-        return checking.in_run(spec, self._rules, batch) if self.runner.runs_checks else spec
+        return self.place.launch_spec(batch, index, run_id)
 
     @property
     def run_id_prefix(self) -> str:
-        return f"{self.state_key}-"
+        return self.place.run_id_prefix
 
     def adopt(
         self, batch: Batch, index: int, spec: LaunchSpec, run: Run | None, *, remerge: bool = False
@@ -408,56 +353,22 @@ class Engine:
 
     # --- hooks -------------------------------------------------------------------------
 
-    async def _hook(
-        self,
-        name: str,
-        batch: Batch,
-        values: dict[str, str],
-        env: dict[str, str],
-        cwd: str | None = None,
-    ) -> str | None:
-        return await self.hooks.run(
-            name,
-            getattr(self.cfg.hooks, name),
-            values=values,
-            env=env,
-            cwd=cwd or self.effective_cwd(batch),
-            timeout=float(self.cfg.hooks.timeout),
-            kill_grace=min(5.0, float(self.cfg.runner.kill_grace)),
-        )
-
     async def feature_hook(self, name: str, slot: Slot, env: dict[str, str]) -> str | None:
-        """``before_feature``/``after_feature``: the feature's placeholders and environment,
-        in the feature's cwd (a worktree batch's: its worktree)."""
-        batch = slot.batch
-        values = launch.placeholders(batch, slot.index, batch.attempt_number(slot.index))
-        return await self._hook(name, batch, values, env, slot.spec.cwd)
+        return await hookcalls.feature(self.hooks, self._rules, name, slot, env)
 
     async def batch_hook(self, name: str, batch: Batch) -> None:
-        """``on_batch_done``/``on_breaker_open``: the batch's counts; at the end of a batch,
-        also its report (``report.md``, ``BATCHD_REPORT_FILE``). A worktree batch's
-        worktrees are removed (and its base moved) before ``on_batch_done``."""
+        """``on_batch_done``/``on_breaker_open``; at the end of a batch, its worktrees are
+        removed (and its base moved) and its report written before ``on_batch_done``."""
         report = None
         if name == "on_batch_done":
             await worktreeend.end(self, batch)
             log.info("%s", wording.batch_done(batch))
             report = reportfile.write(self, self.store, batch)
         state_file = self.store.batch_dir(batch.batch_id) / "state.json"
-        env = launch.batch_hook_env(self._rules.base_env, batch, state_file)
-        if report is not None:
-            env["BATCHD_REPORT_FILE"] = str(report)
-        await self._hook(name, batch, {"batch_id": batch.batch_id}, env)
+        await hookcalls.batch_end(self.hooks, self._rules, name, batch, state_file, report)
 
     async def limit_hook(self, batch: Batch, profile: str, wait: LimitWait) -> None:
-        """``on_limit``: a usage-limit wait of ``profile`` begins."""
-        env = dict(
-            self._rules.base_env,
-            BATCHD_RUNNER_PROFILE=profile,
-            BATCHD_LIMIT_UNTIL=wait.until,
-            BATCHD_LIMIT_MESSAGE=wait.message,
-            BATCHD_BATCH_ID=batch.batch_id,
-        )
-        await self._hook("on_limit", batch, {"batch_id": batch.batch_id}, env)
+        await hookcalls.limit(self.hooks, self._rules, batch, profile, wait)
 
     def end_limit_wait(self, profile: str) -> None:
         """``batchctl limit --clear``: the wait ends now, audited as cleared."""

@@ -27,13 +27,15 @@ import anyio
 
 from batchd import attempts, checking, failpoints, queue, waiting, wording, worktreelife
 from batchd.attempts import Evidence
-from batchd.batch import UNCHARGED, Batch
+from batchd.batch import Batch
+from batchd.batchquery import UNCHARGED
 from batchd.classify import RawResult, Verdict, hook_failed, retry_hint
 from batchd.clock import Clock
 from batchd.engines import Run, RunnerEngine, RunRef, SpawnError
 from batchd.live import Live, Slot
 from batchd.model import AuditEvent, LimitWait, utc_iso
 from batchd.rules import Rules
+from batchd.transitions import Step
 from batchd.worktreeplan import Problem
 from batchd.worktreerecord import place
 
@@ -331,22 +333,8 @@ async def _finish(
             verdict.message or verdict.outcome,
             *feedback,
         )
-    now = host.clock.now()
-    hint = None
-    if verdict.outcome != "completed" and verdict.hint_text:
-        hint = retry_hint(verdict.hint_text, now)
     attempt = batch.attempt_number(slot.index)
-    step = batch.record(
-        verdict,
-        exit_code=exit_code,
-        consent=host.consent_for(batch) if verdict.outcome != "completed" else False,
-        hint_s=hint,
-        settings=rules.settings,
-        now=now,
-        rand=random.random,
-        evidence=evidence,
-        index=slot.index,
-    )
+    step = _record(host, slot, verdict, exit_code, evidence)
     probe_end = waiting.probe_end(host, batch, slot.index, verdict)
     failpoints.hit("before_outcome_write")
     _durable(host, slot, step.events + ((probe_end,) if probe_end else ()))
@@ -361,6 +349,28 @@ async def _finish(
         await host.batch_hook("on_breaker_open", batch)
     if step.finished:
         await host.batch_hook("on_batch_done", batch)
+
+
+def _record(
+    host: Host, slot: Slot, verdict: Verdict, exit_code: int | None, evidence: Evidence | None
+) -> Step:
+    """Apply the outcome to the batch, in memory: complete, retry or fail the feature, with
+    the wait its failure text asks for and the retry consent as it is now."""
+    batch, now = slot.batch, host.clock.now()
+    hint = None
+    if verdict.outcome != "completed" and verdict.hint_text:
+        hint = retry_hint(verdict.hint_text, now)
+    return batch.record(
+        verdict,
+        exit_code=exit_code,
+        consent=host.consent_for(batch) if verdict.outcome != "completed" else False,
+        hint_s=hint,
+        settings=host.rules.settings,
+        now=now,
+        rand=random.random,
+        evidence=evidence,
+        index=slot.index,
+    )
 
 
 def _durable(host: Host, slot: Slot, events: tuple[AuditEvent, ...] = ()) -> None:

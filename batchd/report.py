@@ -2,10 +2,11 @@
 
 ``build`` takes the batches (their ``BatchState`` and ``RetryState``: ``batch.Batch``
 objects or ``Records`` pairs), the queue's ``DaemonState``, a function giving the
-log path of an attempt, and ``now``; it returns a ``shapes.Report``: what needs a
+log path of an attempt, and ``now``; it returns a ``reportshapes.Report``: what needs a
 person first (failed features, pauses with the command that lifts them, usage-limit
-waits, open breakers), then every feature of every batch, then totals.
-``reportrender`` turns that value into text, Markdown or JSON.
+waits, open breakers: ``attention`` decides those), then every feature of every batch,
+then totals. ``reportrender`` turns that value into text or JSON, ``reportmd`` into
+Markdown.
 
 Figures an attempt never recorded (an entry of an older version) stay None and
 are shown as "–". Costs are rounded per feature to ``COST_DIGITS`` decimals and
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import NamedTuple, Protocol, TypeVar
 
-from batchd import shapes
+from batchd import reportshapes
+from batchd.attention import needs_attention
 from batchd.model import (
     FINISHED,
     Attempt,
@@ -91,7 +93,7 @@ def build(
     now: float,
     batch_ids: Collection[str] | None = None,
     since_s: float = DEFAULT_SINCE_S,
-) -> shapes.Report:
+) -> reportshapes.Report:
     """The report of the selected batches (``select``) as of ``now``."""
     chosen = select(batches, now, batch_ids=batch_ids, since_s=since_s)
     views = [_batch(b, log_path, now) for b in chosen]
@@ -103,7 +105,7 @@ def build(
     return {
         "generated_at": utc_iso(now),
         "since": None if batch_ids else utc_iso(now - since_s),
-        "needs_attention": _attention(views, queue),
+        "needs_attention": needs_attention([(v.item, v.retry) for v in views], queue),
         "batches": [v.item for v in views],
         "totals": total.counts(),
     }
@@ -127,7 +129,7 @@ class _Sum:
     insertions: int = 0
     deletions: int = 0
 
-    def add(self, f: shapes.ReportFeature) -> None:
+    def add(self, f: reportshapes.ReportFeature) -> None:
         self.tally[_category(f["outcome"])] += 1
         self.agent_s += f["duration_s"] or 0.0
         self.cost_units += _units(f["cost_usd"])
@@ -142,7 +144,7 @@ class _Sum:
             self.start = start if self.start is None else min(self.start, start)
             self.end = end if self.end is None else max(self.end, end)
 
-    def counts(self) -> shapes.ReportCounts:
+    def counts(self) -> reportshapes.ReportCounts:
         wall = None if self.start is None or self.end is None else self.end - self.start
         t = self.tally
         return {
@@ -177,7 +179,7 @@ def _units(cost: float | None) -> int:
 
 @dataclass(frozen=True)
 class _BatchView:
-    item: shapes.ReportBatch
+    item: reportshapes.ReportBatch
     retry: RetryState
     sums: _Sum
 
@@ -202,7 +204,7 @@ def _batch(b: BatchRecords, log_path: LogPath, now: float) -> _BatchView:
     if s.processing_history:
         end = parse_iso(s.updated_at) if s.status in FINISHED else now
         acc.span(parse_iso(s.processing_history[0].started_at), end)
-    item: shapes.ReportBatch = {
+    item: reportshapes.ReportBatch = {
         "batch_id": s.batch_id,
         "seq": s.seq,
         "name": s.name,
@@ -253,7 +255,7 @@ def _feature(
     settled: _Settled,
     log_path: LogPath,
     now: float,
-) -> shapes.ReportFeature:
+) -> reportshapes.ReportFeature:
     last = attempts[-1] if attempts else None
     check, check_exit = _check(last)
     git = [a.git for a in attempts if a.git is not None]
@@ -339,108 +341,3 @@ def _cost(attempts: Sequence[Attempt]) -> float | None:
 def _sum_or_none(values: Iterable[int | None]) -> int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
-
-
-# --- what needs a person ----------------------------------------------------------------
-
-
-def _attention(views: Sequence[_BatchView], queue: DaemonState) -> shapes.ReportAttention:
-    paused: list[shapes.ReportPause] = []
-    if queue.queue_paused:
-        reason = queue.pause_reason or "user"
-        paused.append(
-            {
-                "batch_id": None,
-                "seq": None,
-                "name": None,
-                "reason": reason,
-                "hint": _hint(reason),
-                "command": "batchctl resume --all",
-            }
-        )
-    failed: list[shapes.ReportFailure] = []
-    breakers: list[shapes.ReportBreaker] = []
-    for v in views:
-        b = v.item
-        failed += [_failure(b, f) for f in b["features"] if f["outcome"] == "failed"]
-        if b["status"] == "paused":
-            paused.append(_pause(b))
-        elif v.retry.circuit_breaker_open and b["status"] not in FINISHED:
-            breakers.append(
-                {
-                    "batch_id": b["batch_id"],
-                    "seq": b["seq"],
-                    "name": b["name"],
-                    "consecutive_failures": v.retry.consecutive_failures,
-                    "opened_at": v.retry.breaker_opened_at,
-                    "command": f"batchctl reset-breaker {b['batch_id']}",
-                }
-            )
-    waits: list[shapes.ReportLimitWait] = [
-        {
-            "runner": runner,
-            "until": w.until,
-            "since": w.since,
-            "message": w.message,
-            "command": f"batchctl limit --clear {runner}",
-        }
-        for runner, w in sorted(queue.limit_waits.items())
-    ]
-    return {"failed": failed, "paused": paused, "limit_waits": waits, "breakers": breakers}
-
-
-def _failure(b: shapes.ReportBatch, f: shapes.ReportFeature) -> shapes.ReportFailure:
-    return {
-        "batch_id": b["batch_id"],
-        "seq": b["seq"],
-        "name": b["name"],
-        "index": f["index"],
-        "feature": f["feature"],
-        "reason": f["error"] or "failed",
-        "attempts": f["attempts"],
-        "log_path": f["log_path"],
-        "session_id": f["session_id"],
-    }
-
-
-def _pause(b: shapes.ReportBatch) -> shapes.ReportPause:
-    reason = b["pause_reason"] or "user"
-    batch_id = b["batch_id"]
-    verb = "reset-breaker" if _code(reason) == "breaker" else "resume"
-    return {
-        "batch_id": batch_id,
-        "seq": b["seq"],
-        "name": b["name"],
-        "reason": reason,
-        "hint": _hint(reason),
-        "command": f"batchctl {verb} {batch_id}",
-    }
-
-
-def _code(reason: str) -> str:
-    """The reason code of a pause reason (``cwd_unavailable: working directory ...``)."""
-    return reason.split(":", 1)[0].strip()
-
-
-_HINTS = {
-    "user": "paused by you",
-    "breaker": (
-        "the circuit breaker opened after failures in a row: look at the failures first; "
-        "resetting it resumes the batch"
-    ),
-    "cost_limit": (
-        "its cost reached limits.max_cost_usd: raise the limit in the config and run "
-        "'batchctl reload' first, or it pauses again at once"
-    ),
-    "agent_login": (
-        "the agent is not logged in: log in as the user the daemon runs as "
-        "(or put the API key in the unit's EnvironmentFile)"
-    ),
-    "usage_limit": "the agent's usage limit resets later than limits.max_limit_wait",
-    "runner_unavailable": "its runner profile is not in the config: add it back and reload",
-}
-
-
-def _hint(reason: str) -> str:
-    """What to do before the command; empty when the reason says it itself."""
-    return _HINTS.get(_code(reason), "")

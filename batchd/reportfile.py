@@ -16,7 +16,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchd import reportrender, views
+from batchd import reportmd, views
 from batchd.batch import Batch
 from batchd.durable import StoreError, write_durable
 from batchd.store import Store
@@ -30,7 +30,7 @@ def write(reader: views.Reader, store: Store, batch: Batch) -> Path | None:
     """Write ``batch``'s report as of now; its path, or None when it could not be written."""
     directory = store.batch_dir(batch.batch_id)
     zone = datetime.now().astimezone().tzinfo or UTC
-    text = reportrender.render_markdown(views.report_of(reader, [batch.batch_id]), tz=zone)
+    text = reportmd.render_markdown(views.report_of(reader, [batch.batch_id]), tz=zone)
     try:
         write_durable(directory, NAME, text.encode())
     except (OSError, StoreError) as e:

@@ -3,8 +3,8 @@
 Owns the bytes on the wire: line framing with the 1 MiB cap, the stall timeout,
 SO_PEERCRED, validation of requests and their arguments (against the shapes of
 ``shapes``), and writing replies and event lines. The commands themselves are
-``commands``: they take the engine and validated args and return a reply (or
-yield events); they never touch a socket. Nothing a client sends may affect
+``commands`` and ``readcommands``: they take the engine and validated args and
+return a reply (or yield events); they never touch a socket. Nothing a client sends may affect
 the daemon or the queue: every failure ends in an error reply or a closed
 connection, and a slow reader is dropped rather than waited for.
 """
@@ -28,7 +28,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from batchd import commands, shapes
+from batchd import commands, readcommands, reportshapes, shapes
 from batchd.commands import Control
 from batchd.errors import BadArgs, BadState, NotDurable, Refused, UnknownBatch
 from batchd.protocol import (
@@ -83,7 +83,7 @@ def error_code(e: Refused) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    args: type  # a TypedDict of batchd.shapes
+    args: type  # a TypedDict of batchd.shapes (or reportshapes)
     handler: Handler | None = None
     stream: Stream | None = None
     then: Callable[[Control], None] | None = None  # after the reply is out (restart)
@@ -93,7 +93,7 @@ COMMAND_TABLE: dict[str, Command] = {
     "ping": Command(shapes.NoArgs, commands.ping),
     "status": Command(shapes.NoArgs, commands.status),
     "list": Command(shapes.NoArgs, commands.list_),
-    "watch": Command(shapes.NoArgs, stream=commands.watch),
+    "watch": Command(shapes.NoArgs, stream=readcommands.watch),
     "show": Command(shapes.BatchArgs, commands.show),
     "cancel": Command(shapes.BatchArgs, commands.cancel),
     "retry": Command(shapes.BatchArgs, commands.retry),
@@ -101,12 +101,12 @@ COMMAND_TABLE: dict[str, Command] = {
     "pause": Command(shapes.PauseArgs, commands.pause),
     "resume": Command(shapes.ResumeArgs, commands.resume),
     "skip": Command(shapes.SkipArgs, commands.skip),
-    "logs": Command(shapes.LogsArgs, commands.logs, stream=commands.follow_logs),
+    "logs": Command(shapes.LogsArgs, readcommands.logs, stream=readcommands.follow_logs),
     "consent": Command(shapes.ConsentArgs, commands.consent),
     "prune": Command(shapes.PruneArgs, commands.prune),
     "reload": Command(shapes.NoArgs, commands.reload),
     "limit": Command(shapes.LimitArgs, commands.limit),
-    "report": Command(shapes.ReportArgs, commands.report),
+    "report": Command(reportshapes.ReportArgs, commands.report),
     "restart": Command(shapes.NoArgs, commands.restart, then=methodcaller("restart")),
 }
 assert set(COMMAND_TABLE) == set(COMMANDS), "protocol.COMMANDS and the server disagree"

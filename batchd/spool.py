@@ -1,14 +1,14 @@
 """The spool directory (SPEC section 3): settling, claiming, rejecting, looking again.
 
 Owns everything between "a name appeared in the spool" and "here is a claimed,
-validated file": ``lstat`` before anything, the claim (an atomic rename into
-``.claimed/``, made durable: only a claim that succeeded becomes a batch), and
-moving refused entries to ``rejected/`` with a ``.error`` sidecar. The rules
-(when a file is ready, what a folder in trouble stops, which rejected files
-status shows) are ``spoolrules``'; reading an entry, the lock and the look at
-the spool's own folders are ``spoolfs``'; turning a claimed file into a batch
-is ``intake``'s; whether bytes are acceptable is ``parse``'s; the watch that says
-when to look is ``spoolwatch``'s.
+validated file": ``lstat`` before anything, when to claim an entry (only a claim
+that succeeded becomes a batch) and when to move a refused one to ``rejected/``.
+The moves themselves (atomic renames made durable, the ``.error`` sidecar) are
+``spoolmove``'s. The rules (when a file is ready, what a folder in trouble
+stops, which rejected files status shows) are ``spoolrules``'; reading an
+entry, the lock and the look at the spool's own folders are ``spoolfs``';
+turning a claimed file into a batch is ``intake``'s; whether bytes are
+acceptable is ``parse``'s; the watch that says when to look is ``spoolwatch``'s.
 
 Never an exception out of the watch: trouble with the spool's own folders (a
 link, a plain file, unwritable, the spool folder removed or replaced) is a
@@ -35,29 +35,25 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from batchd import failpoints
-from batchd.classify import sanitize
 from batchd.clock import Clock, SystemClock
 from batchd.parse import Limits, ParsedBatch, ParseError, is_request_name, parse_spool_file
 from batchd.spoolfs import (
     Refused,
     SpoolLock,
     check_folder,
-    free_name,
     ident,
     list_rejected,
     lstat_or_none,
     read_entry,
-    sync_entry,
 )
 from batchd.spoolfs import SpoolError as SpoolError  # what the daemon catches at start
+from batchd.spoolmove import claim, reject
 from batchd.spoolnames import CLAIMED, REJECTED, is_ignored
 from batchd.spoolrules import (
     DirSig,
     FirstLook,
     Role,
     SpoolReport,
-    cannot_move,
     entry_kind,
     needs_relist,
     next_look,
@@ -66,7 +62,7 @@ from batchd.spoolrules import (
     trouble_message,
 )
 from batchd.spoolwatch import Watch
-from batchd.store import StoreError, fsync_dir, write_durable
+from batchd.store import StoreError, fsync_dir
 
 __all__ = ["Accepted", "Spool", "SpoolError", "SpoolLock"]
 
@@ -259,34 +255,10 @@ class Spool:
         return due
 
     def _claim(self, name: str, st: os.stat_result, troubles: Troubles) -> bool:
-        """Take ``name`` out of the spool into ``.claimed/`` by one rename, durably (the file
-        synced before, both folders after); False if it is not ours (now)."""
-        target = self.claimed / name
-        if os.path.lexists(target):
-            return False  # an earlier claim of that name still waits for its batch
-        failpoints.hit("before_claim")
-        try:
-            sync_entry(self.dir / name, st)
-            os.rename(self.dir / name, target)
-        except FileNotFoundError:
-            log.info("spool: %s was taken by someone else before it was claimed", sanitize(name))
-            return False
-        except OSError as e:
-            what = sanitize(name, 200)
-            troubles["claimed"] = cannot_move(
-                "claimed", what, str(self.dir), str(self.claimed), e.strerror or str(e)
-            )
-            return False
-        try:
-            fsync_dir(self.dir)
-            fsync_dir(self.claimed)
-        except OSError as e:  # it stays claimed: a later pass takes it up from .claimed/
-            troubles["claimed"] = (
-                f"{self.claimed}: a claim cannot be made durable: {e.strerror}; batchd tries again"
-            )
-            return False
-        failpoints.hit("after_claim")
-        return True
+        claimed, trouble = claim(self.dir, self.claimed, name, st)
+        if trouble is not None:
+            troubles["claimed"] = trouble
+        return claimed
 
     def _finish_claims(self, troubles: Troubles) -> Iterator[None]:
         """Turn claimed files into batches: leftovers of a kill, or of a failed batch write."""
@@ -323,29 +295,14 @@ class Spool:
         self.ingest(Accepted(name=name, path=path, sha256=sha, parsed=parsed))
 
     def _reject(self, name: str, reason: str, source: Path, troubles: Troubles) -> None:
-        """Move ``name`` (from ``source``) to ``rejected/`` with a ``.error`` sidecar, without
-        opening it; while ``rejected/`` is in trouble it stays where it is."""
+        """Move ``name`` (from ``source``) to ``rejected/``; while ``rejected/`` is in trouble
+        it stays where it is."""
         if "rejected" in troubles:
             return
-        reason = sanitize(reason)  # a file name or line may carry escapes or newlines
-        dest = free_name(self.rejected, name)
-        try:
-            os.rename(source / name, self.rejected / dest)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            what = sanitize(name, 200)
-            troubles["rejected"] = cannot_move(
-                "rejected", what, str(source), str(self.rejected), e.strerror or str(e)
-            )
-            return
-        self._rejected_dirty = True
-        try:
-            write_durable(self.rejected, f"{dest}.error", (reason + "\n").encode())
-            fsync_dir(source)
-        except (OSError, StoreError) as e:
-            log.error("spool: cannot write %s.error: %s", sanitize(dest), e)
-        log.warning("spool: rejected %s (moved to %s/)", reason, self.rejected)
+        moved, trouble = reject(source, self.rejected, name, reason)
+        if trouble is not None:
+            troubles["rejected"] = trouble
+        self._rejected_dirty = self._rejected_dirty or moved
 
     # --- what status shows ---
 

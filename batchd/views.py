@@ -14,7 +14,7 @@ from typing import Protocol
 
 import msgspec
 
-from batchd import __version__, limitwait, report, shapes
+from batchd import __version__, limitwait, report, reportshapes, shapes
 from batchd.batch import Batch
 from batchd.clock import Clock
 from batchd.config import Config
@@ -121,7 +121,7 @@ def show(engine: Reader, batch: Batch) -> shapes.Show:
 
 def report_of(
     engine: Reader, batch_ids: list[str] | None = None, since_s: float = report.DEFAULT_SINCE_S
-) -> shapes.Report:
+) -> reportshapes.Report:
     """The morning report (SPEC 14) of the live state as of now: the named batches, else
     every unfinished one and those finished in the last ``since_s`` seconds."""
     batches = engine.live.batches

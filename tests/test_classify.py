@@ -16,9 +16,6 @@ from hypothesis import strategies as st
 
 from batchd.agents import parse_claude_result
 from batchd.classify import (
-    CLUSTER_END_STATES,
-    SEED_PERMANENT,
-    SEED_TRANSIENT,
     TRUNCATED,
     Classifier,
     OutputFormat,
@@ -27,6 +24,7 @@ from batchd.classify import (
     retry_hint,
     sanitize,
 )
+from batchd.knownfailures import CLUSTER_END_STATES, SEED_PERMANENT, SEED_TRANSIENT
 
 C = Classifier.build()
 NOW = 1795496400.0  # 2026-11-24T05:00:00Z

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchd import report, reportrender, shapes
+from batchd import report, reportmd, reportrender, reportshapes
 from batchd.batch import Batch
 from batchd.model import BatchState, DaemonState, RetryState, batch_id_for, utc_iso
 from tests.report_states import NOW, T0, attempt, batch, log_path, morning
@@ -25,7 +25,7 @@ from tests.report_states import NOW, T0, attempt, batch, log_path, morning
 GOLDEN = Path(__file__).resolve().parent / "data" / "report"
 
 
-def morning_report() -> shapes.Report:
+def morning_report() -> reportshapes.Report:
     batches, queue = morning()
     return report.build(batches, queue=queue, log_path=log_path, now=NOW)
 
@@ -45,14 +45,14 @@ def test_the_text_report_of_a_morning_matches_its_golden_file() -> None:
 
 def test_the_markdown_report_of_a_morning_matches_its_golden_file() -> None:
     """The Markdown report: GitHub tables for what needs a person, each batch, the totals."""
-    check_golden("morning.md", reportrender.render_markdown(morning_report()))
+    check_golden("morning.md", reportmd.render_markdown(morning_report()))
 
 
 def test_the_json_report_of_a_morning_matches_its_golden_file_and_shape() -> None:
-    """The JSON report is the ``shapes.Report`` value, and decodes as that shape."""
+    """The JSON report is the ``reportshapes.Report`` value, and decodes as that shape."""
     text = reportrender.render_json(morning_report())
     check_golden("morning.json", text)
-    msgspec.json.decode(text, type=shapes.Report, strict=True)
+    msgspec.json.decode(text, type=reportshapes.Report, strict=True)
 
 
 def test_the_window_takes_unfinished_batches_and_those_finished_within_it() -> None:
@@ -108,7 +108,7 @@ def test_entries_of_an_older_version_show_a_dash_for_what_they_never_recorded() 
     first = old["features"][0]
     assert first["commits"] is None and first["check"] is None and first["session_id"] is None
     assert first["cost_usd"] == 0.35 and first["attempts"] == 2 and first["duration_s"] == 476.8
-    row = reportrender._row(reportrender._feature_cells(first), [5, 10, 5, 7, 8, 7, 9, 6])
+    row = reportrender._row(reportrender.feature_cells(first), [5, 10, 5, 7, 8, 7, 9, 6])
     assert row.split() == ["0", "completed", "2", "7m57s", "$0.3500", "–", "–", "–"]
 
 
@@ -148,12 +148,12 @@ def test_the_costs_shown_per_feature_add_up_to_the_totals_shown(
 def test_markdown_cells_escape_pipes_newlines_and_markup() -> None:
     """A cell's ``|`` cannot end the cell, a newline cannot end the row, and Markdown
     punctuation (code, emphasis, links, HTML, math) renders as the characters."""
-    assert reportrender.md("a | b\nc\\|d `x` *y* [l](u) <b> $1 $2") == (
+    assert reportmd.md("a | b\nc\\|d `x` *y* [l](u) <b> $1 $2") == (
         "a \\| b c\\\\\\|d \\`x\\` \\*y\\* \\[l\\](u) \\<b\\> \\$1 \\$2"
     )
-    assert reportrender.md_code("/tmp/a|b") == "`/tmp/a\\|b`"
-    assert reportrender.md_code("we`ird") == "we\\`ird"
-    assert reportrender.md_code(None) == reportrender.NONE
+    assert reportmd.md_code("/tmp/a|b") == "`/tmp/a\\|b`"
+    assert reportmd.md_code("we`ird") == "we\\`ird"
+    assert reportmd.md_code(None) == reportrender.NONE
 
 
 def test_every_markdown_table_row_has_as_many_cells_as_its_header() -> None:
@@ -162,9 +162,7 @@ def test_every_markdown_table_row_has_as_many_cells_as_its_header() -> None:
     state = batches[0].state
     state.features[0] = "pipes | in | text"
     state.name = "a|b"
-    md = reportrender.render_markdown(
-        report.build(batches, queue=queue, log_path=log_path, now=NOW)
-    )
+    md = reportmd.render_markdown(report.build(batches, queue=queue, log_path=log_path, now=NOW))
     unescaped = re.compile(r"(?<!\\)(?:\\\\)*\|")
     header_cells = 0
     for line in md.splitlines():
@@ -216,7 +214,7 @@ def test_a_report_with_nothing_to_do_says_so() -> None:
     """No batch and no wait: the report says there is nothing, in text and Markdown."""
     r = report.build([], queue=DaemonState(), log_path=log_path, now=NOW)
     assert "Needs you: nothing." in reportrender.render_text(r)
-    assert "Nothing." in reportrender.render_markdown(r)
+    assert "Nothing." in reportmd.render_markdown(r)
     assert r["totals"]["features"] == 0 and r["totals"]["wall_s"] is None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchd.classify import CLUSTER_END_STATES, Classifier
+from batchd.classify import Classifier
 from batchd.engines import LaunchSpec
 from batchd.engines.slurm_outcome import (
     Alive,
@@ -34,6 +34,7 @@ from batchd.engines.slurm_protocol import (
     status_path,
     time_limit_minutes,
 )
+from batchd.knownfailures import CLUSTER_END_STATES
 
 # Slurm 22.05's own words, captured from the private test cluster.
 PREEMPTED = (

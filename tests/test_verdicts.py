@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from batchd.classify import (
-    NETWORK_TRANSIENT,
     Classifier,
     OutputFormat,
     RawResult,
@@ -25,6 +24,7 @@ from batchd.classify import (
     retry_hint,
 )
 from batchd.config import RunnerConfig
+from batchd.knownfailures import NETWORK_TRANSIENT
 
 AGENTS = Path(__file__).resolve().parent / "data" / "agents"
 NOW = 1795496400.0  # 2026-11-24T05:00:00Z

@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from batchd import report, reportrender
+from batchd import report, reportmd, reportrender
 from batchd.batch import Batch, new_batch
 from batchd.model import BatchState, DaemonState, GitRecord
 from batchd.parse import Options, ParsedBatch
@@ -139,7 +139,7 @@ def test_the_report_names_the_branch_what_became_of_the_base_and_kept_worktrees(
     assert note.startswith(f"branch batchd/{BID} from main at {'c' * 12}; main not moved: ")
     assert note.endswith(f"kept (uncommitted changes; 'batchctl prune' removes): {ROOT}/{BID}")
     assert "main not moved" in reportrender.render_text(built, width=100)
-    assert "main not moved" in reportrender.render_markdown(built)
+    assert "main not moved" in reportmd.render_markdown(built)
     plain = make(False, n=1)
     plain.state.isolation = None
     [other] = report.build([plain], queue=DaemonState(), log_path=lambda *_: "/log", now=T0 + 5)[

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from batchd.agents import CodexFacts
-from batchd.classify import CLUSTER_END_STATES, JobCheck, RawResult
+from batchd.classify import JobCheck, RawResult
 from batchd.engines.slurm_job import Cause
 from batchd.engines.slurm_protocol import (
     END_STATES,
@@ -29,6 +29,7 @@ from batchd.engines.slurm_protocol import (
     job_name,
     parse_show_job,
 )
+from batchd.knownfailures import CLUSTER_END_STATES
 
 
 @dataclass(frozen=True)
