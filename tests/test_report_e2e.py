@@ -167,8 +167,10 @@ case "$1" in
     echo "I edited the README for you, as asked; nothing committed." ;;
 esac
 """
+# Each file written whole under a temp name, then renamed: existing means complete.
 HOOK = (
-    'cp "$BATCHD_REPORT_FILE" "$NOTES/report.md"; stat -c %a "$BATCHD_REPORT_FILE" > "$NOTES/mode"'
+    'cp "$BATCHD_REPORT_FILE" "$NOTES/r.tmp" && mv "$NOTES/r.tmp" "$NOTES/report.md"; '
+    'stat -c %a "$BATCHD_REPORT_FILE" > "$NOTES/m.tmp" && mv "$NOTES/m.tmp" "$NOTES/mode"'
 )
 
 
