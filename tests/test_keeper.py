@@ -320,6 +320,9 @@ async def test_stop_orphans_spares_the_runs_it_knows(tmp_path: Path) -> None:
     unknown = await engine.start(spec_for(tmp_path, "x sleep=60"))
     assert isinstance(known.ref.pid, int) and isinstance(unknown.ref.pid, int)
     prefix = prefix_of(tmp_path)
+    # Both runners have exec'd (a forked child shows its keeper's environment until then).
+    for pid in (known.ref.pid, unknown.ref.pid):
+        await wait_until(lambda p=pid: procfs.env_value(p, "BATCHD_RUN_ID"), "the runner's exec")
     known_id = procfs.env_value(known.ref.pid, "BATCHD_RUN_ID")
     assert known_id is not None
     stopped = await engine.stop_orphans(prefix, {known_id})

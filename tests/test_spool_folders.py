@@ -158,8 +158,12 @@ def test_the_spool_folder_removed_or_replaced_while_running(
         d.spool.unlink()
         d.wait_for(lambda: spool_problem(d) is None, what="the problem gone")
     lock = d.spool / ".batchd.lock"
-    d.wait_for(lambda: lock.exists() and d.spool.is_dir(), what="the spool owned again")
-    assert json.loads(lock.read_text())["state_dir"] == str(d.state)
+
+    def owner() -> str:  # the lock file is made, locked, then written: wait for its line
+        return lock.read_text() if lock.exists() and d.spool.is_dir() else ""
+
+    d.wait_for(lambda: owner().endswith("\n"), what="the spool owned again")
+    assert json.loads(owner())["state_dir"] == str(d.state)
     assert d.proc is not None
     pid, new = d.proc.pid, os.stat(d.spool).st_ino
     d.wait_for(lambda: new in watched_inodes(pid), what="the new spool folder watched")
